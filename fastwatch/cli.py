@@ -1,0 +1,50 @@
+"""The `fastwatch` command: one plain function per subcommand, its parser derived from the signature (fastcore)."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+from fastcore.script import CliError, parse_cli
+
+# name: (module, function, positional parameters). Modules are imported only for the command that runs.
+COMMANDS = {
+    'ls': ('fastwatch.commands', 'ls', []),
+    'show': ('fastwatch.commands', 'show', ['run']),
+}
+
+
+def _usage() -> str:
+    lines = ['usage: fastwatch COMMAND [options]   (fastwatch COMMAND --help for its options)', '', 'commands:']
+    for name, (module, function, _) in COMMANDS.items():
+        doc = (getattr(importlib.import_module(module), function).__doc__ or '').strip().splitlines()[0]
+        lines.append(f'  {name:<8} {doc}')
+    return '\n'.join(lines)
+
+
+def run_command(name: str, argv: list[str]) -> int:
+    "Run subcommand `name` with command-line arguments `argv`; a `CliError` becomes one line on stderr."
+    module, function, positional = COMMANDS[name]
+    command = getattr(importlib.import_module(module), function)
+    saved = sys.argv
+    sys.argv = [f'fastwatch {name}', *argv]
+    try:
+        args, kwargs, _ = parse_cli(command, pos=positional)
+        result = command(*args, **kwargs)
+    except CliError as e:
+        print(f'fastwatch {name}: {e}', file=sys.stderr)
+        return 1
+    finally:
+        sys.argv = saved
+    return result if isinstance(result, int) else 0
+
+
+def main() -> None:
+    "Entry point of the `fastwatch` console script."
+    argv = sys.argv[1:]
+    if not argv or argv[0] in ('-h', '--help'):
+        print(_usage())
+        sys.exit(0 if argv else 2)
+    if argv[0] not in COMMANDS:
+        print(f"fastwatch: unknown command {argv[0]!r}\n{_usage()}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(run_command(argv[0], argv[1:]))

@@ -1,0 +1,38 @@
+"""Min/max bucket downsampling: a long series drawn with few points that keeps its spikes and its last point."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def summarise_block(steps: np.ndarray, values: np.ndarray) -> tuple:
+    "(min, step of min, max, step of max) of one block of a series, ignoring NaN; all None where all are NaN."
+    ok = ~np.isnan(values)
+    if not ok.any(): return None, None, None, None
+    steps, values = steps[ok], values[ok]
+    lo, hi = int(np.argmin(values)), int(np.argmax(values))
+    return float(values[lo]), int(steps[lo]), float(values[hi]), int(steps[hi])
+
+
+def _first_of_each_group(groups: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    "Index of the smallest key within each group."
+    order = np.lexsort((keys, groups))
+    starts = np.r_[0, np.flatnonzero(np.diff(groups[order])) + 1]
+    return order[starts]
+
+
+def minmax_buckets(lo_steps, lo_values, hi_steps, hi_values, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Steps and values of at most about `n` points: the min and max of each of `n // 2` equal step ranges.
+    Each candidate has a low and a high point (the same point for raw rows, a block's min and max for summaries)."""
+    lo_steps, hi_steps = np.asarray(lo_steps, dtype=np.int64), np.asarray(hi_steps, dtype=np.int64)
+    lo_values, hi_values = np.asarray(lo_values, dtype=float), np.asarray(hi_values, dtype=float)
+    ok = ~(np.isnan(lo_values) | np.isnan(hi_values))
+    lo_steps, hi_steps, lo_values, hi_values = lo_steps[ok], hi_steps[ok], lo_values[ok], hi_values[ok]
+    if not len(lo_steps): return np.zeros(0, np.int64), np.zeros(0)
+    start = min(lo_steps.min(), hi_steps.min())
+    span = max(lo_steps.max(), hi_steps.max()) - start + 1
+    buckets = (np.minimum(lo_steps, hi_steps) - start) * max(1, n // 2) // span
+    lows, highs = _first_of_each_group(buckets, lo_values), _first_of_each_group(buckets, -hi_values)
+    steps = np.concatenate([lo_steps[lows], hi_steps[highs]])
+    values = np.concatenate([lo_values[lows], hi_values[highs]])
+    steps, first = np.unique(steps, return_index=True)
+    return steps, values[first]

@@ -1,0 +1,227 @@
+"""The store: where runs live (one SQLite file by default, or any SQLAlchemy URL such as PostgreSQL).
+
+Its public methods are the read API that the dashboard and the CLI use; `write` is what the background writer
+calls. Nothing here imports torch or fastai.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import create_engine, event, func, select
+from sqlalchemy.engine import Engine
+
+from . import schema
+from .downsample import minmax_buckets
+from .schema import StoreError, batch_blocks, batches, confusion, epochs, runs, top_losses
+
+DEFAULT_STORE = 'fastwatch.db'
+HEARTBEAT_SECONDS = 2.0  # how often a recording process marks its open runs as alive
+STALE_AFTER = 20.0  # a `running` run whose heartbeat is older than this is reported as interrupted
+BATCH_COLUMNS = ('step', 'epoch', 'fit', 'frozen', 'loss', 'smooth_loss', 'lr', 'mom', 'time')
+
+
+class RunNotFound(StoreError, KeyError):
+    "No run with that id in the store."
+    def __str__(self): return self.args[0]
+
+
+def store_url(location: str | os.PathLike | None = None) -> str:
+    "The SQLAlchemy URL for a path or URL, defaulting to `$FASTWATCH_STORE`, then `fastwatch.db` here."
+    location = str(location or os.environ.get('FASTWATCH_STORE') or DEFAULT_STORE)
+    if '://' not in location: return f'sqlite:///{Path(location).expanduser().resolve()}'
+    for prefix in ('postgresql://', 'postgres://'):  # psycopg 3 is the driver fastwatch installs
+        if location.startswith(prefix): return 'postgresql+psycopg://' + location[len(prefix):]
+    return location
+
+
+def _sqlite_engine(url: str, readonly: bool) -> Engine:
+    path = Path(url.removeprefix('sqlite:///'))
+    if readonly:
+        if not path.is_file(): raise StoreError(f'no fastwatch store at {path}')
+        url = f'sqlite:///file:{path}?mode=ro&uri=true'
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={'timeout': 30})
+
+    @event.listens_for(engine, 'connect')
+    def _pragmas(dbapi_conn, _):
+        cursor = dbapi_conn.cursor()
+        if not readonly:
+            # WAL: readers never block the writer, and several processes can record into one file.
+            cursor.execute('PRAGMA journal_mode=WAL')
+            cursor.execute('PRAGMA synchronous=NORMAL')
+        cursor.close()
+    return engine
+
+
+def _server_engine(url: str, readonly: bool) -> Engine:
+    engine = create_engine(url, pool_pre_ping=True)
+    if readonly:
+        @event.listens_for(engine, 'connect')
+        def _readonly(dbapi_conn, _):
+            cursor = dbapi_conn.cursor()
+            cursor.execute('SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY')
+            cursor.close()
+            dbapi_conn.commit()
+    return engine
+
+
+def open_store(location: str | os.PathLike | None = None, readonly: bool = False) -> Store:
+    """Open the store at a path or SQLAlchemy URL (default: `$FASTWATCH_STORE`, then `./fastwatch.db`).
+    A writable store is created on first use; a read-only one must exist and be a fastwatch store."""
+    url = store_url(location)
+    where = url.removeprefix('sqlite:///')
+    try:
+        engine = _sqlite_engine(url, readonly) if url.startswith('sqlite') else _server_engine(url, readonly)
+        with engine.begin() as conn: schema.ensure_schema(conn, where, create=not readonly)
+    except StoreError: raise
+    except Exception as e:
+        raise StoreError(f'cannot open store {where}: {str(e).splitlines()[0]}') from e
+    return Store(engine, where)
+
+
+def _loads(text: str | None) -> Any: return None if text is None else json.loads(text)
+
+
+def _run_dict(row, now: float) -> dict:
+    run = dict(row._mapping)
+    for key in ('info', 'config', 'vocab'): run[key] = _loads(run[key])
+    stale = run['status'] == 'running' and now - run['heartbeat'] > STALE_AFTER
+    run['state'] = 'live' if run['status'] == 'running' and not stale else (
+        'interrupted' if stale else run['status'])
+    return run
+
+
+def _columns(rows, names) -> dict[str, list]:
+    rows = list(rows)
+    return {name: [row[i] for row in rows] for i, name in enumerate(names)}
+
+
+class Store:
+    "A fastwatch store: runs, their per-batch and per-epoch series, confusion matrices and top losses."
+
+    def __init__(self, engine: Engine, location: str):
+        self.engine, self.location = engine, location
+
+    def __repr__(self): return f'Store({self.location!r})'
+
+    def close(self) -> None:
+        "Release the store's connections."
+        self.engine.dispose()
+
+    def _all(self, query) -> list:
+        with self.engine.connect() as conn: return list(conn.execute(query))
+
+    # --- read API --------------------------------------------------------------------------------------
+    def runs(self) -> list[dict]:
+        "Every run, newest first, each with its derived `state`: live / finished / failed / interrupted."
+        now = time.time()
+        return [_run_dict(row, now) for row in self._all(select(runs).order_by(runs.c.created_at.desc()))]
+
+    def run(self, run_id: str) -> dict:
+        "One run's record; `RunNotFound` names the runs there are when there is no such run."
+        rows = self._all(select(runs).where(runs.c.id == run_id))
+        if not rows:
+            known = [r[0] for r in self._all(select(runs.c.id).order_by(runs.c.created_at.desc()).limit(10))]
+            raise RunNotFound(f"no run {run_id!r} in {self.location}; "
+                              + (f"runs: {', '.join(known)}" if known else 'it has no runs yet'))
+        return _run_dict(rows[0], time.time())
+
+    def counts(self, run_id: str) -> dict[str, int]:
+        "How many rows of each kind the run has recorded."
+        self.run(run_id)
+        return {table.name: self._all(select(func.count()).select_from(table).where(table.c.run_id == run_id))[0][0]
+                for table in (batches, epochs, confusion, top_losses)}
+
+    def batches(self, run_id: str, since: int | None = None) -> dict[str, list]:
+        "Columns of the batch rows after step `since` (all when None): pass the last `step` back as the cursor."
+        query = select(*[batches.c[name] for name in BATCH_COLUMNS]).where(batches.c.run_id == run_id)
+        if since is not None: query = query.where(batches.c.step > since)
+        return _columns(self._all(query.order_by(batches.c.step)), BATCH_COLUMNS)
+
+    def batches_downsampled(self, run_id: str, n: int = 2000) -> dict:
+        """At most about `n` points for each of loss, smooth_loss, lr and mom, keeping each range's min and max
+        and the last point: `{'cursor': last step, 'series': {name: {'step': [...], 'value': [...]}}}`.
+        Pass `cursor` to `batches(since=...)` to follow the run from there."""
+        with self.engine.connect() as conn:
+            blocks = list(conn.execute(select(batch_blocks).where(batch_blocks.c.run_id == run_id)
+                                       .order_by(batch_blocks.c.block)))
+            covered = blocks[-1].last_step if blocks else -1
+            tail = _columns(conn.execute(select(*[batches.c[c] for c in BATCH_COLUMNS])
+                                         .where(batches.c.run_id == run_id, batches.c.step > covered)
+                                         .order_by(batches.c.step)), BATCH_COLUMNS)
+        if covered + 1 + len(tail['step']) <= n:
+            raw = self.batches(run_id) if blocks else tail
+            cursor = raw['step'][-1] if raw['step'] else None
+            return {'cursor': cursor,
+                    'series': {name: {'step': raw['step'], 'value': raw[name]} for name in schema.SUMMARISED}}
+        last = tail['step'][-1] if tail['step'] else covered
+        series = {}
+        for name in schema.SUMMARISED:
+            lo_steps = [b._mapping[f'{name}_min_step'] for b in blocks] + tail['step']
+            hi_steps = [b._mapping[f'{name}_max_step'] for b in blocks] + tail['step']
+            lo = [b._mapping[f'{name}_min'] for b in blocks] + tail[name]
+            hi = [b._mapping[f'{name}_max'] for b in blocks] + tail[name]
+            steps, values = minmax_buckets(np.array(lo_steps, dtype=float), np.array(lo, dtype=float),
+                                           np.array(hi_steps, dtype=float), np.array(hi, dtype=float), n)
+            series[name] = {'step': steps.tolist(), 'value': values.tolist()}
+        if blocks and not tail['step']:  # the last point lies inside the last block: add it
+            last_row = self.batches(run_id, since=last - 1)
+            for name in schema.SUMMARISED:
+                value = last_row[name][0] if last_row['step'] else None
+                points = series[name]
+                if value is not None and (not points['step'] or points['step'][-1] != last):
+                    points['step'].append(last); points['value'].append(value)
+        return {'cursor': last, 'series': series}
+
+    def epochs(self, run_id: str) -> list[dict]:
+        "One dict per finished epoch: epoch, fit, frozen, step, train_loss, valid_loss, metrics, duration, time."
+        rows = self._all(select(epochs).where(epochs.c.run_id == run_id).order_by(epochs.c.epoch))
+        return [{**dict(row._mapping), 'metrics': json.loads(row.metrics)} for row in rows]
+
+    def confusion_epochs(self, run_id: str) -> list[int]:
+        "The epochs that have a confusion matrix."
+        query = select(confusion.c.epoch).where(confusion.c.run_id == run_id).order_by(confusion.c.epoch)
+        return [row[0] for row in self._all(query)]
+
+    def _epoch(self, table, run_id: str, epoch: int) -> int | None:
+        "The stored epoch that `epoch` names: itself, or the latest for -1."
+        if epoch >= 0: return epoch
+        return self._all(select(func.max(table.c.epoch)).where(table.c.run_id == run_id))[0][0]
+
+    def confusion(self, run_id: str, epoch: int = -1) -> dict | None:
+        "`{'epoch', 'vocab', 'matrix'}` (rows actual, columns predicted, in vocab order), or None if there is none."
+        epoch = self._epoch(confusion, run_id, epoch)
+        rows = self._all(select(confusion).where(confusion.c.run_id == run_id, confusion.c.epoch == epoch))
+        if not rows: return None
+        n = rows[0].n_classes
+        matrix = np.frombuffer(zlib.decompress(rows[0].counts), dtype='<u4').reshape(n, n).astype(np.int64)
+        vocab = self.run(run_id)['vocab'] or [str(i) for i in range(n)]
+        return {'epoch': epoch, 'vocab': vocab, 'matrix': matrix}
+
+    def top_losses(self, run_id: str, epoch: int = -1) -> list[dict]:
+        "The highest-loss validation items of an epoch (latest for -1), highest first, with thumbnail bytes."
+        epoch = self._epoch(top_losses, run_id, epoch)
+        query = (select(top_losses).where(top_losses.c.run_id == run_id, top_losses.c.epoch == epoch)
+                 .order_by(top_losses.c.rank))
+        return [dict(row._mapping) for row in self._all(query)]
+
+    # --- write side ------------------------------------------------------------------------------------
+    def write(self, rows: dict[str, list[dict]], run_updates: dict[str, dict] | None = None) -> None:
+        "Insert rows (by table name) and update runs in one transaction: all of it lands or none."
+        with self.engine.begin() as conn:
+            for table in (runs, *schema.RUN_TABLES):
+                if rows.get(table.name): conn.execute(table.insert(), rows[table.name])
+            for run_id, fields in (run_updates or {}).items():
+                conn.execute(runs.update().where(runs.c.id == run_id).values(**fields))
+
+
+def pack_confusion(matrix: np.ndarray) -> bytes:
+    "The stored form of a confusion matrix: zlib-compressed little-endian uint32 counts."
+    return zlib.compress(np.ascontiguousarray(matrix, dtype='<u4').tobytes(), 1)
