@@ -10,6 +10,12 @@ from fastcore.script import CliError, parse_cli
 COMMANDS = {
     'ls': ('fastwatch.commands', 'ls', []),
     'show': ('fastwatch.commands', 'show', ['run']),
+    'export': ('fastwatch.exports', 'export', []),
+    'import': ('fastwatch.snapshot', 'import_snapshot', ['path']),
+    'share': ('fastwatch.share', 'share', ['run']),
+    'binder': ('fastwatch.share', 'binder', []),
+    'serve': ('fastwatch.serve', 'serve', []),
+    'demo': ('fastwatch.serve', 'demo', []),
 }
 
 

@@ -23,10 +23,11 @@ def _first_of_each_group(groups: np.ndarray, keys: np.ndarray) -> np.ndarray:
 def minmax_buckets(lo_steps, lo_values, hi_steps, hi_values, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Steps and values of at most about `n` points: the min and max of each of `n // 2` equal step ranges.
     Each candidate has a low and a high point (the same point for raw rows, a block's min and max for summaries)."""
-    lo_steps, hi_steps = np.asarray(lo_steps, dtype=np.int64), np.asarray(hi_steps, dtype=np.int64)
-    lo_values, hi_values = np.asarray(lo_values, dtype=float), np.asarray(hi_values, dtype=float)
+    lo_values, hi_values = np.array(lo_values, dtype=float), np.array(hi_values, dtype=float)  # None -> NaN
     ok = ~(np.isnan(lo_values) | np.isnan(hi_values))
-    lo_steps, hi_steps, lo_values, hi_values = lo_steps[ok], hi_steps[ok], lo_values[ok], hi_values[ok]
+    lo_steps, hi_steps = np.array(lo_steps, dtype=object), np.array(hi_steps, dtype=object)  # may hold None
+    lo_steps, hi_steps = lo_steps[ok].astype(np.int64), hi_steps[ok].astype(np.int64)
+    lo_values, hi_values = lo_values[ok], hi_values[ok]
     if not len(lo_steps): return np.zeros(0, np.int64), np.zeros(0)
     start = min(lo_steps.min(), hi_steps.min())
     span = max(lo_steps.max(), hi_steps.max()) - start + 1

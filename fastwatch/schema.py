@@ -43,7 +43,7 @@ batches = Table('batches', metadata,
                 sqlite_with_rowid=False)
 
 # Min/max summaries of BLOCK_STEPS consecutive batch rows, so long runs downsample without a full scan.
-BLOCK_STEPS = 256
+BLOCK_STEPS = 64
 SUMMARISED = ('loss', 'smooth_loss', 'lr', 'mom')
 batch_blocks = Table('batch_blocks', metadata,
                      Column('run_id', String(32), primary_key=True),

@@ -150,32 +150,26 @@ class Store:
         and the last point: `{'cursor': last step, 'series': {name: {'step': [...], 'value': [...]}}}`.
         Pass `cursor` to `batches(since=...)` to follow the run from there."""
         with self.engine.connect() as conn:
+            last = conn.execute(select(func.max(batches.c.step)).where(batches.c.run_id == run_id)).scalar()
+            # Long runs read the stored block summaries, where a bucket spans at least a block; short ones read rows.
+            use_blocks = last is not None and (last + 1) / max(1, n // 2) >= schema.BLOCK_STEPS
             blocks = list(conn.execute(select(batch_blocks).where(batch_blocks.c.run_id == run_id)
-                                       .order_by(batch_blocks.c.block)))
-            covered = blocks[-1].last_step if blocks else -1
-            tail = _columns(conn.execute(select(*[batches.c[c] for c in BATCH_COLUMNS])
-                                         .where(batches.c.run_id == run_id, batches.c.step > covered)
-                                         .order_by(batches.c.step)), BATCH_COLUMNS)
-        if covered + 1 + len(tail['step']) <= n:
-            raw = self.batches(run_id) if blocks else tail
-            cursor = raw['step'][-1] if raw['step'] else None
-            return {'cursor': cursor,
-                    'series': {name: {'step': raw['step'], 'value': raw[name]} for name in schema.SUMMARISED}}
-        last = tail['step'][-1] if tail['step'] else covered
+                                       .order_by(batch_blocks.c.block))) if use_blocks else []
+        covered = blocks[-1].last_step if blocks else -1
+        tail = self.batches(run_id, since=covered)
+        if not blocks and len(tail['step']) <= n:
+            return {'cursor': last,
+                    'series': {name: {'step': tail['step'], 'value': tail[name]} for name in schema.SUMMARISED}}
         series = {}
         for name in schema.SUMMARISED:
-            lo_steps = [b._mapping[f'{name}_min_step'] for b in blocks] + tail['step']
-            hi_steps = [b._mapping[f'{name}_max_step'] for b in blocks] + tail['step']
-            lo = [b._mapping[f'{name}_min'] for b in blocks] + tail[name]
-            hi = [b._mapping[f'{name}_max'] for b in blocks] + tail[name]
-            steps, values = minmax_buckets(np.array(lo_steps, dtype=float), np.array(lo, dtype=float),
-                                           np.array(hi_steps, dtype=float), np.array(hi, dtype=float), n)
+            block = {key: [b._mapping[f'{name}_{key}'] for b in blocks] for key in ('min', 'min_step', 'max', 'max_step')}
+            steps, values = minmax_buckets(block['min_step'] + tail['step'], block['min'] + tail[name],
+                                           block['max_step'] + tail['step'], block['max'] + tail[name], n)
             series[name] = {'step': steps.tolist(), 'value': values.tolist()}
-        if blocks and not tail['step']:  # the last point lies inside the last block: add it
+        if not tail['step']:  # the last point lies inside the last block: add it
             last_row = self.batches(run_id, since=last - 1)
-            for name in schema.SUMMARISED:
-                value = last_row[name][0] if last_row['step'] else None
-                points = series[name]
+            for name, points in series.items():
+                value = last_row[name][0]
                 if value is not None and (not points['step'] or points['step'][-1] != last):
                     points['step'].append(last); points['value'].append(value)
         return {'cursor': last, 'series': series}

@@ -1,0 +1,29 @@
+"""Small PNG thumbnails of decoded fastai inputs (numpy pixels in, PNG bytes out)."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+
+def to_pixels(image: np.ndarray) -> np.ndarray:
+    "uint8 pixels (H, W) or (H, W, 3) from a decoded image array in (C, H, W) or (H, W) layout, 0-1 or 0-255."
+    image = np.asarray(image)
+    if image.ndim == 3:
+        image = np.moveaxis(image, 0, -1)
+        image = image[..., 0] if image.shape[-1] != 3 else image
+    image = image.astype(float)
+    if image.size and image.max() <= 1.0 and image.min() >= 0.0: image = image * 255
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def thumbnail_png(pixels: np.ndarray, size: int = 128) -> bytes:
+    "PNG bytes of the image scaled so that its longest side is `size` (pixelated when enlarged, as fastai shows)."
+    image = Image.fromarray(pixels)
+    scale = size / max(image.size)
+    new_size = tuple(max(1, round(side * scale)) for side in image.size)
+    image = image.resize(new_size, Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    image.save(out, format='PNG', optimize=False)
+    return out.getvalue()

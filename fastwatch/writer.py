@@ -1,0 +1,220 @@
+"""The background writer: the training thread hands it rows in O(1); a thread writes them to the store in batches.
+
+Monitoring must never break or slow training, so a store that fails (unwritable, locked, disk full, server down)
+costs one warning: rows stay buffered (up to a bound, oldest dropped first and counted in the run's `lost_rows`)
+and are retried with backoff.
+"""
+from __future__ import annotations
+
+import atexit
+import sys
+import threading
+import time
+import warnings
+from collections import defaultdict, deque
+from typing import Callable
+
+import numpy as np
+
+from . import schema
+from .downsample import summarise_block
+from .store import HEARTBEAT_SECONDS, open_store, store_url
+
+BATCH_FIELDS = ('run_id', 'step', 'epoch', 'fit', 'frozen', 'loss', 'smooth_loss', 'lr', 'mom', 'time')
+# A probe is asked each tick whether an open run ended without telling: it returns None or (status, error).
+Probe = Callable[[], 'tuple[str, str | None] | None']
+
+
+def _number(value) -> float | None:
+    "A float from a Python number or a one-element tensor (converted here, off the training thread)."
+    return None if value is None else float(value)
+
+
+def exit_outcome(exc: BaseException | None, unknown: tuple[str, str]) -> tuple[str, str]:
+    "The status and error of a run still open when its fit stopped with `exc`, or `unknown` when not known."
+    if exc is None: return unknown
+    if isinstance(exc, KeyboardInterrupt): return 'interrupted', 'KeyboardInterrupt'
+    return 'failed', f'{type(exc).__name__}: {exc}'.splitlines()[0]
+
+
+class Writer:
+    "One background writer per store and process; get it with `Writer.for_store(location)`."
+    _writers: dict[str, Writer] = {}
+    _lock = threading.Lock()
+
+    @classmethod
+    def for_store(cls, location=None) -> Writer:
+        "The process's writer for the store at `location` (a path or SQLAlchemy URL), started on first use."
+        url = store_url(location)
+        with cls._lock:
+            writer = cls._writers.get(url)
+            if writer is None or not writer._thread.is_alive(): writer = cls._writers[url] = cls(url)
+        return writer
+
+    def __init__(self, url: str, flush_every: float = 0.5, max_buffered: int = 1_000_000):
+        self.url, self.flush_every, self.max_buffered = url, flush_every, max_buffered
+        self.location = url.removeprefix('sqlite:///')
+        self._queue: deque = deque()  # appended by training threads, drained by the writer thread
+        self._wake = threading.Event()
+        self._open: dict[str, Probe | None] = {}  # runs being recorded, with their probes
+        # Writer-thread state only:
+        self._store = None
+        self._rows: dict[str, list] = defaultdict(list)
+        self._updates: dict[str, dict] = defaultdict(dict)
+        self._markers: list[threading.Event] = []
+        self._blocks: dict[str, tuple[int, list]] = {}  # run id -> (block, its batch rows so far)
+        self._lost: dict[str, int] = defaultdict(int)
+        self._failures, self._retry_at, self._last_beat = 0, 0.0, 0.0
+        self.failing = False
+        self._thread = threading.Thread(target=self._loop, name='fastwatch-writer', daemon=True)
+        self._thread.start()
+        atexit.register(self._at_exit)
+
+    # --- the training thread's API: each call only appends to a queue -------------------------------------
+    def start_run(self, run: dict, probe: Probe | None = None) -> None:
+        "Insert a new run's row and keep its heartbeat going until `end_run`."
+        self._open[run['id']] = probe
+        self._queue.append(('rows', 'runs', [run]))
+
+    def update_run(self, run_id: str, **fields) -> None:
+        "Change fields of a run's row."
+        self._queue.append(('update', run_id, fields))
+
+    def add_batch(self, row: tuple) -> None:
+        "One training batch, as a tuple in `BATCH_FIELDS` order; tensors are turned into floats in the thread."
+        self._queue.append(('batch', row))
+
+    def add_rows(self, table: str, rows: list[dict]) -> None:
+        "Rows of another table (epochs, confusion, top_losses)."
+        self._queue.append(('rows', table, rows))
+
+    def add_later(self, make_rows: Callable[[], dict[str, list[dict]]]) -> None:
+        "Rows that are costly to make (thumbnails): `make_rows()` runs in the writer thread."
+        self._queue.append(('later', make_rows))
+
+    def end_run(self, run_id: str, status: str, error: str | None = None) -> None:
+        "Close a run with its final status; its heartbeat stops."
+        if self._open.pop(run_id, 'closed') != 'closed':
+            self._queue.append(('end', run_id, status, error))
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        "Ask for everything queued so far to be written; wait at most `timeout` s (not at all while failing)."
+        marker = threading.Event()
+        self._queue.append(('marker', marker))
+        self._wake.set()
+        return not self.failing and marker.wait(timeout)
+
+    # --- the writer thread --------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait(self.flush_every)
+            self._wake.clear()
+            try:
+                self._drain()
+                self._beat()
+                if time.monotonic() >= self._retry_at: self._write()
+            except Exception as e:  # a bug here must not end the thread that keeps the buffer
+                warnings.warn(f'fastwatch: writer error: {type(e).__name__}: {e}', RuntimeWarning)
+
+    def _drain(self) -> None:
+        while self._queue:
+            kind, *args = self._queue.popleft()
+            if kind == 'batch': self._take_batch(args[0])
+            elif kind == 'rows': self._rows[args[0]].extend(args[1])
+            elif kind == 'update': self._updates[args[0]].update(args[1])
+            elif kind == 'marker': self._markers.append(args[0])
+            elif kind == 'later': self._take_later(args[0])
+            elif kind == 'end': self._take_end(*args)
+
+    def _take_batch(self, values: tuple) -> None:
+        row = dict(zip(BATCH_FIELDS, values))
+        for key in ('loss', 'smooth_loss', 'lr', 'mom'): row[key] = _number(row[key])
+        self._rows['batches'].append(row)
+        run_id, block = row['run_id'], row['step'] // schema.BLOCK_STEPS
+        current, rows = self._blocks.get(run_id, (block, []))
+        if block != current:
+            self._summarise_block(run_id)
+            current, rows = block, []
+        rows.append(row)
+        self._blocks[run_id] = (current, rows)
+
+    def _summarise_block(self, run_id: str) -> None:
+        block, rows = self._blocks.pop(run_id, (None, []))
+        if not rows: return
+        steps = np.array([r['step'] for r in rows])
+        summary = {'run_id': run_id, 'block': block, 'last_step': int(steps[-1])}
+        for name in schema.SUMMARISED:
+            values = np.array([np.nan if r[name] is None else r[name] for r in rows], dtype=float)
+            lo, lo_step, hi, hi_step = summarise_block(steps, values)
+            summary.update({f'{name}_min': lo, f'{name}_min_step': lo_step,
+                            f'{name}_max': hi, f'{name}_max_step': hi_step})
+        self._rows['batch_blocks'].append(summary)
+
+    def _take_later(self, make_rows: Callable) -> None:
+        try: rows = make_rows()
+        except Exception as e:
+            warnings.warn(f'fastwatch: could not prepare rows: {type(e).__name__}: {e}', RuntimeWarning)
+            return
+        for table, table_rows in rows.items(): self._rows[table].extend(table_rows)
+
+    def _take_end(self, run_id: str, status: str, error: str | None) -> None:
+        self._summarise_block(run_id)
+        now = time.time()
+        self._updates[run_id].update(status=status, error=error, updated_at=now, heartbeat=now)
+
+    def _beat(self) -> None:
+        "Mark open runs alive, and close those whose probe says their fit ended without telling."
+        for run_id, probe in list(self._open.items()):
+            outcome = probe() if probe else None
+            if outcome: self.end_run(run_id, *outcome)
+        now = time.time()
+        if now - self._last_beat < HEARTBEAT_SECONDS: return
+        self._last_beat = now
+        for run_id in list(self._open): self._updates[run_id].update(heartbeat=now, updated_at=now)
+        self._drain()
+
+    def _bound_buffer(self) -> None:
+        excess = len(self._rows['batches']) - self.max_buffered
+        if excess <= 0: return
+        for row in self._rows['batches'][:excess]: self._lost[row['run_id']] += 1
+        del self._rows['batches'][:excess]
+
+    def _write(self) -> None:
+        if self._rows or self._updates:
+            self._bound_buffer()
+            for run_id, lost in self._lost.items(): self._updates[run_id]['lost_rows'] = lost
+            try:
+                if self._store is None: self._store = open_store(self.url)
+                self._store.write(self._rows, self._updates)
+            except Exception as e:
+                self._fail(e)
+                return
+            self._recover()
+            self._rows, self._updates = defaultdict(list), defaultdict(dict)
+        for marker in self._markers: marker.set()
+        self._markers = []
+
+    def _fail(self, error: Exception) -> None:
+        self._failures += 1
+        self._retry_at = time.monotonic() + min(30.0, 0.5 * 2 ** self._failures)
+        if not self.failing:
+            self.failing = True
+            warnings.warn(f'fastwatch: cannot write to the store {self.location}: {str(error).splitlines()[0]}. '
+                          'Training goes on; rows are kept in memory and retried.', RuntimeWarning)
+        for marker in self._markers: marker.set()  # nobody waits on a failing store
+        self._markers = []
+
+    def _recover(self) -> None:
+        if self.failing:
+            lost = sum(self._lost.values())
+            warnings.warn(f'fastwatch: the store {self.location} is writable again'
+                          + (f'; {lost} batch rows were lost' if lost else '; nothing was lost'), RuntimeWarning)
+        self.failing, self._failures = False, 0
+
+    def _at_exit(self) -> None:
+        "Close runs still open when the interpreter exits (an uncaught exception, Ctrl-C) and write what is left."
+        status, error = exit_outcome(getattr(sys, 'last_value', None),
+                                     unknown=('interrupted', 'the process exited before the fit ended'))
+        for run_id in list(self._open): self.end_run(run_id, status, error)
+        self._retry_at = 0.0
+        self.flush(timeout=10.0)

@@ -1,0 +1,66 @@
+"""Shared fixtures: the digits image folder, real short trainings recorded into real stores, a PostgreSQL URL."""
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+
+import pytest
+
+POSTGRES_URL = os.environ.get('FASTWATCH_TEST_POSTGRES',
+                              'postgresql://fastwatch:fastwatch@127.0.0.1:5432/fastwatch_test')
+
+
+@pytest.fixture(scope='session')
+def digits_path(tmp_path_factory):
+    "scikit-learn's digits as an image folder: valid/<digit>/*.png and train/<digit>/*.png."
+    from fastwatch.digits import digits_folder
+    return digits_folder(tmp_path_factory.mktemp('digits'))
+
+
+@pytest.fixture(scope='session')
+def dls(digits_path):
+    from fastwatch.digits import digits_dls
+    return digits_dls(digits_path)
+
+
+def train(dls, store, epochs: int = 1, **callback_kwargs):
+    "`fine_tune(epochs)` a small CNN on the digits with a `WatchCallback`; returns the learner."
+    from fastwatch import WatchCallback
+    from fastwatch.digits import digits_learner
+    learn = digits_learner(dls, cbs=WatchCallback(store=store, **callback_kwargs))
+    with learn.no_bar(), learn.no_logging(): learn.fine_tune(epochs, base_lr=1e-2)
+    return learn
+
+
+@pytest.fixture(scope='session')
+def trained(dls, tmp_path_factory):
+    "A finished run: `fine_tune(2)` (1 frozen + 2 unfrozen epochs) recorded into a SQLite store."
+    path = tmp_path_factory.mktemp('trained') / 'fastwatch.db'
+    learn = train(dls, path, epochs=2, name='digits', config={'purpose': 'tests'})
+    from fastwatch import open_store
+    store = open_store(path)
+    return {'path': path, 'store': store, 'run_id': store.runs()[0]['id'], 'learn': learn}
+
+
+@pytest.fixture
+def postgres_url():
+    "A fresh, empty PostgreSQL schema for one test (the server comes from `.ci/services`)."
+    sqlalchemy = pytest.importorskip('sqlalchemy')
+    engine = sqlalchemy.create_engine(POSTGRES_URL.replace('postgresql://', 'postgresql+psycopg://'))
+    schema = f'test_{uuid.uuid4().hex[:12]}'
+    try:
+        with engine.begin() as conn: conn.exec_driver_sql(f'CREATE SCHEMA {schema}')
+    except sqlalchemy.exc.OperationalError as e:
+        if os.environ.get('CI'): raise
+        pytest.skip(f'no PostgreSQL server (run .ci/services): {e}')
+    yield f'{POSTGRES_URL}?options=-csearch_path%3D{schema}'
+    with engine.begin() as conn: conn.exec_driver_sql(f'DROP SCHEMA {schema} CASCADE')
+    engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_store(tmp_path, monkeypatch):
+    "Tests that forget `store=` must not write ./fastwatch.db into the repository."
+    monkeypatch.setenv('FASTWATCH_STORE', str(tmp_path / 'default.db'))
+    warnings.filterwarnings('ignore', message='.*torch.jit.script.*')

@@ -1,0 +1,175 @@
+"""WatchCallback against real fastai trainings on the digits, with fastai's own results as the oracle."""
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+import pytest
+import torch
+from fastai.callback.core import Callback
+from fastai.callback.tracker import EarlyStoppingCallback
+from fastai.interpret import ClassificationInterpretation
+from fastai.vision.all import (BCEWithLogitsLossFlat, DataBlock, ImageBlock, Learner, MSELossFlat,
+                               MultiCategoryBlock, RegressionBlock, Resize, accuracy_multi, get_image_files,
+                               parent_label, rmse)
+from PIL import Image
+
+from conftest import train
+from fastwatch import WatchCallback, open_store
+from fastwatch.digits import digits_learner, small_cnn
+
+
+def test_fine_tune_is_one_run_with_steps_counting_on(trained, dls):
+    store, run_id, learn = trained['store'], trained['run_id'], trained['learn']
+    assert len(store.runs()) == 1
+    batches = store.batches(run_id)
+    n_batches = len(dls.train)
+    assert batches['step'] == list(range(3 * n_batches))
+    assert batches['epoch'] == [e for e in range(3) for _ in range(n_batches)]
+    assert batches['fit'] == [0] * n_batches + [1] * 2 * n_batches
+    assert batches['frozen'] == [True] * n_batches + [False] * 2 * n_batches
+    # The second fit's per-batch series are exactly what fastai's Recorder kept.
+    second = slice(n_batches, None)
+    np.testing.assert_allclose(batches['smooth_loss'][second], [float(l) for l in learn.recorder.losses], rtol=1e-6)
+    np.testing.assert_allclose(batches['lr'][second], learn.recorder.lrs, rtol=1e-12)
+    assert all(m is not None for m in batches['mom'])
+
+
+def test_epochs_hold_every_metric_the_recorder_reports(trained):
+    store, run_id, learn = trained['store'], trained['run_id'], trained['learn']
+    epochs = store.epochs(run_id)
+    assert [(e['epoch'], e['fit'], e['frozen']) for e in epochs] == [(0, 0, True), (1, 1, False), (2, 1, False)]
+    for epoch, values in zip(epochs[1:], learn.recorder.values):  # values: train_loss, valid_loss, error_rate
+        np.testing.assert_allclose([epoch['train_loss'], epoch['valid_loss'], epoch['metrics']['error_rate']],
+                                   values, rtol=1e-6)
+        assert epoch['duration'] > 0
+    assert [e['step'] for e in epochs] == [(i + 1) * len(learn.dls.train) - 1 for i in range(3)]
+
+
+def test_run_record_describes_the_training(trained):
+    run = trained['store'].run(trained['run_id'])
+    assert re.fullmatch(r'[a-z2-7]{13}', run['id'])
+    assert (run['status'], run['state'], run['name'], run['config']) == ('finished', 'finished', 'digits',
+                                                                          {'purpose': 'tests'})
+    info, learn = run['info'], trained['learn']
+    assert info['n_params'] == sum(p.numel() for p in learn.model.parameters())
+    assert (info['n_train'], info['n_valid'], info['batch_size']) == (len(learn.dls.train_ds),
+                                                                      len(learn.dls.valid_ds), 64)
+    assert info['metric_names'] == ['error_rate'] and info['planned_epochs'] == 3
+    assert [(f['n_epoch'], f['frozen']) for f in info['fits']] == [(1, True), (2, False)]
+    assert info['torch'] == torch.__version__ and info['model'] == 'Sequential'
+    assert run['vocab'] == [str(v) for v in learn.dls.vocab]
+    assert run['heartbeat'] >= run['created_at'] and run['lost_rows'] == 0
+
+
+def test_confusion_and_top_losses_equal_classification_interpretation(trained):
+    store, run_id, learn = trained['store'], trained['run_id'], trained['learn']
+    interp = ClassificationInterpretation.from_learner(learn)
+    confusion = store.confusion(run_id)
+    assert confusion['epoch'] == 2 and confusion['vocab'] == list(learn.dls.vocab)
+    np.testing.assert_array_equal(confusion['matrix'], interp.confusion_matrix())
+    losses, idxs = interp.top_losses(16)
+    top = store.top_losses(run_id)
+    assert [t['item_index'] for t in top] == idxs.tolist()
+    np.testing.assert_allclose([t['loss'] for t in top], losses.tolist(), rtol=1e-5)
+    _, preds, targs, decoded, _ = interp[idxs]
+    vocab, valid_items = learn.dls.vocab, learn.dls.valid.items
+    for t, i, pred, targ, dec in zip(top, idxs.tolist(), preds, targs, decoded):
+        assert t['actual'] == vocab[targ] and t['predicted'] == vocab[dec]
+        assert t['probability'] == pytest.approx(pred.max().item(), rel=1e-5)
+        assert t['item'] == str(valid_items[i].relative_to(learn.dls.path))
+        image = Image.open(io.BytesIO(t['image']))
+        assert t['image_type'] == 'image/png' and max(image.size) == 128
+    assert store.confusion_epochs(run_id) == [0, 1, 2]
+    assert len(store.top_losses(run_id, epoch=0)) == 16
+
+
+def test_thumbnail_shows_the_decoded_input(trained):
+    top = trained['store'].top_losses(trained['run_id'])[0]
+    resized = trained['learn'].dls.valid.do_item(top['item_index'])[0]  # fastai's item transforms (Resize)
+    thumbnail = Image.open(io.BytesIO(top['image'])).convert('RGB').resize((16, 16), Image.Resampling.NEAREST)
+    np.testing.assert_array_equal(np.asarray(thumbnail), resized.permute(1, 2, 0).numpy())
+
+
+def test_no_extra_forward_pass(dls, tmp_path):
+    learn = digits_learner(dls, cbs=WatchCallback(store=tmp_path / 'f.db'))
+    calls = []
+    learn.model.register_forward_hook(lambda *_: calls.append(1))
+    with learn.no_bar(), learn.no_logging(): learn.fine_tune(1)
+    assert len(calls) == 2 * (len(dls.train) + len(dls.valid))
+
+
+def test_lr_find_get_preds_validate_and_interpretation_record_nothing(dls, tmp_path):
+    path = tmp_path / 'quiet.db'
+    learn = digits_learner(dls, cbs=WatchCallback(store=path))
+    with learn.no_bar(), learn.no_logging():
+        learn.lr_find(num_it=10, show_plot=False)
+        learn.get_preds()
+        learn.validate()
+        ClassificationInterpretation.from_learner(learn).top_losses(3)
+        learn.show_results(max_n=2)
+    assert not path.exists()
+    with learn.no_bar(), learn.no_logging(): learn.fine_tune(1)
+    store = open_store(path)
+    assert [r['status'] for r in store.runs()] == ['finished']
+    assert len(store.epochs(store.runs()[0]['id'])) == 2
+
+
+def test_reusing_the_callback_makes_a_second_run(dls, tmp_path):
+    learn = train(dls, tmp_path / 'two.db', epochs=1)
+    with learn.no_bar(), learn.no_logging(): learn.fine_tune(1)
+    runs = open_store(tmp_path / 'two.db').runs()
+    assert len(runs) == 2 and runs[0]['id'] != runs[1]['id'] and {r['status'] for r in runs} == {'finished'}
+
+
+def test_early_stopping_finishes_the_run(dls, tmp_path):
+    stop = EarlyStoppingCallback(monitor='valid_loss', min_delta=100, patience=0)
+    learn = digits_learner(dls, cbs=[WatchCallback(store=tmp_path / 'es.db'), stop])
+    with learn.no_bar(), learn.no_logging(): learn.fit(5)
+    store = open_store(tmp_path / 'es.db')
+    run = store.runs()[0]
+    assert run['status'] == 'finished' and len(store.epochs(run['id'])) == 2
+
+
+class Boom(Callback):
+    def after_batch(self):
+        if self.training and self.iter == 3: raise ValueError('boom')
+
+
+def test_an_exception_ends_the_run_as_failed(dls, tmp_path):
+    learn = digits_learner(dls, cbs=[WatchCallback(store=tmp_path / 'boom.db'), Boom()])
+    with pytest.raises(ValueError), learn.no_bar(), learn.no_logging(): learn.fit(1)
+    learn.watch.writer.flush()
+    # The probe notices within a second that the fit is gone; the next fit would notice at once.
+    learn.remove_cb(Boom)
+    with learn.no_bar(), learn.no_logging(): learn.fit(1)
+    runs = open_store(tmp_path / 'boom.db').runs()
+    assert [r['status'] for r in runs] == ['finished', 'failed']
+    assert open_store(tmp_path / 'boom.db').batches(runs[1]['id'])['step'] == [0, 1, 2]  # Boom runs before WatchCallback
+
+
+def test_multi_label_and_regression_record_losses_without_confusion(digits_path, tmp_path):
+    multi = DataBlock(blocks=(ImageBlock, MultiCategoryBlock),
+                      get_y=lambda p: [parent_label(p), 'even' if int(parent_label(p)) % 2 == 0 else 'odd'],
+                      item_tfms=Resize(16))
+    regression = DataBlock(blocks=(ImageBlock, RegressionBlock), get_y=lambda p: float(parent_label(p)),
+                           item_tfms=Resize(16))
+    cases = [(multi, BCEWithLogitsLossFlat(), accuracy_multi, 12), (regression, MSELossFlat(), rmse, 1)]
+    for i, (block, loss, metric, n_out) in enumerate(cases):
+        dls = block.dataloaders(get_image_files(digits_path), bs=64, num_workers=0)
+        learn = Learner(dls, small_cnn(n_out), loss_func=loss, metrics=metric,
+                        cbs=WatchCallback(store=tmp_path / 'other.db'))
+        with learn.no_bar(), learn.no_logging(): learn.fit(1)
+        store = open_store(tmp_path / 'other.db')
+        run = store.runs()[0]
+        assert run['status'] == 'finished'
+        assert learn.recorder.metric_names[3] in store.epochs(run['id'])[0]['metrics']
+        assert store.counts(run['id']) == {'batches': len(dls.train), 'epochs': 1, 'confusion': 0, 'top_losses': 0}
+
+
+def test_export_keeps_working(trained, tmp_path):
+    learn = trained['learn']
+    learn.path = tmp_path
+    learn.export('model.pkl')
+    assert (tmp_path / 'model.pkl').stat().st_size > 0
