@@ -49,14 +49,10 @@ def _sqlite_engine(url: str, readonly: bool) -> Engine:
         path.parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={'timeout': 30})
 
-    @event.listens_for(engine, 'connect')
-    def _pragmas(dbapi_conn, _):
-        cursor = dbapi_conn.cursor()
-        if not readonly:
-            # WAL: readers never block the writer, and several processes can record into one file.
-            cursor.execute('PRAGMA journal_mode=WAL')
-            cursor.execute('PRAGMA synchronous=NORMAL')
-        cursor.close()
+    if not readonly:
+        @event.listens_for(engine, 'connect')
+        def _synchronous(dbapi_conn, _):
+            dbapi_conn.execute('PRAGMA synchronous=NORMAL')  # safe with WAL, and much faster than FULL
     return engine
 
 
@@ -80,6 +76,9 @@ def open_store(location: str | os.PathLike | None = None, readonly: bool = False
     try:
         engine = _sqlite_engine(url, readonly) if url.startswith('sqlite') else _server_engine(url, readonly)
         with engine.begin() as conn: schema.ensure_schema(conn, where, create=not readonly)
+        if url.startswith('sqlite') and not readonly:
+            # WAL (kept in the file): readers never block the writer, and several processes can record at once.
+            with engine.connect() as conn: conn.exec_driver_sql('PRAGMA journal_mode=WAL')
     except StoreError: raise
     except Exception as e:
         raise StoreError(f'cannot open store {where}: {str(e).splitlines()[0]}') from e

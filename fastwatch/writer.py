@@ -34,7 +34,7 @@ def exit_outcome(exc: BaseException | None, unknown: tuple[str, str]) -> tuple[s
     "The status and error of a run still open when its fit stopped with `exc`, or `unknown` when not known."
     if exc is None: return unknown
     if isinstance(exc, KeyboardInterrupt): return 'interrupted', 'KeyboardInterrupt'
-    return 'failed', f'{type(exc).__name__}: {exc}'.splitlines()[0]
+    return 'failed', ' '.join(f'{type(exc).__name__}: {exc}'.split())[:500]
 
 
 class Writer:

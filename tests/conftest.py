@@ -24,11 +24,11 @@ def dls(digits_path):
     return digits_dls(digits_path)
 
 
-def train(dls, store, epochs: int = 1, **callback_kwargs):
+def train(dls, store, epochs: int = 1, extra_cbs=(), **callback_kwargs):
     "`fine_tune(epochs)` a small CNN on the digits with a `WatchCallback`; returns the learner."
     from fastwatch import WatchCallback
     from fastwatch.digits import digits_learner
-    learn = digits_learner(dls, cbs=WatchCallback(store=store, **callback_kwargs))
+    learn = digits_learner(dls, cbs=[WatchCallback(store=store, **callback_kwargs), *extra_cbs])
     with learn.no_bar(), learn.no_logging(): learn.fine_tune(epochs, base_lr=1e-2)
     return learn
 

@@ -1,0 +1,67 @@
+"""`fastwatch ls` and `fastwatch show`, run as the installed console script."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+FASTWATCH = str(Path(sys.executable).parent / 'fastwatch')  # the console script of this environment
+
+
+def fastwatch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([FASTWATCH, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_ls_lists_runs_newest_first(trained):
+    out = fastwatch('ls', '--store', str(trained['path']))
+    assert out.returncode == 0
+    header, row = out.stdout.splitlines()
+    assert header.split() == ['run', 'state', 'created', 'name'] and row.split()[:2] == [trained['run_id'], 'finished']
+    listed = json.loads(fastwatch('ls', '--store', str(trained['path']), '--json').stdout)
+    assert [(r['id'], r['state'], r['name']) for r in listed] == [(trained['run_id'], 'finished', 'digits')]
+
+
+def test_show_prints_epochs_final_metrics_and_counts(trained):
+    store, run_id = trained['store'], trained['run_id']
+    out = fastwatch('show', run_id, '--store', str(trained['path']))
+    assert out.returncode == 0, out.stderr
+    last = store.epochs(run_id)[-1]
+    assert 'state: finished' in out.stdout
+    assert f"final: train_loss {last['train_loss']:.6g}, valid_loss {last['valid_loss']:.6g}, " \
+           f"error_rate {last['metrics']['error_rate']:.6g}" in out.stdout
+    counts = store.counts(run_id)
+    assert f"recorded: {counts['batches']} batches, 3 epochs, 3 confusion, 48 top_losses" in out.stdout
+    shown = json.loads(fastwatch('show', run_id, '--store', str(trained['path']), '--json').stdout)
+    assert shown['counts'] == counts and [e['epoch'] for e in shown['epochs']] == [0, 1, 2]
+
+
+def test_fastwatch_store_variable_names_the_default_store(trained, monkeypatch):
+    monkeypatch.setenv('FASTWATCH_STORE', str(trained['path']))
+    assert trained['run_id'] in fastwatch('ls').stdout
+
+
+def one_line_error(out: subprocess.CompletedProcess, command: str, message: str) -> None:
+    assert out.returncode != 0 and out.stdout == ''
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert out.stderr.startswith(f'fastwatch {command}: ') and message in out.stderr
+
+
+def test_bad_input_is_one_clear_line(trained, tmp_path):
+    one_line_error(fastwatch('show', 'nosuchrun', '--store', str(trained['path'])), 'show',
+                   f"no run 'nosuchrun'")
+    one_line_error(fastwatch('ls', '--store', str(tmp_path / 'missing.db')), 'ls', 'no fastwatch store at')
+    assert not (tmp_path / 'missing.db').exists()
+    sqlite3.connect(tmp_path / 'other.db').execute('CREATE TABLE t (x)')
+    one_line_error(fastwatch('ls', '--store', str(tmp_path / 'other.db')), 'ls', 'is not a fastwatch store')
+    (tmp_path / 'notes.txt').write_text('not a database at all ' * 50)
+    one_line_error(fastwatch('show', 'x', '--store', str(tmp_path / 'notes.txt')), 'show', 'cannot open store')
+
+
+def test_unknown_command_and_help():
+    out = fastwatch('frobnicate')
+    assert out.returncode == 2 and "unknown command 'frobnicate'" in out.stderr
+    help_text = fastwatch('--help').stdout
+    assert 'ls ' in help_text and 'show ' in help_text
+    assert '--json' in fastwatch('ls', '--help').stdout
