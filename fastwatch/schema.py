@@ -42,15 +42,18 @@ batches = Table('batches', metadata,
                 Column('time', Float, nullable=False),
                 sqlite_with_rowid=False)
 
-# Min/max summaries of BLOCK_STEPS consecutive batch rows, so long runs downsample without a full scan.
-BLOCK_STEPS = 64
+# Min/max summaries of consecutive batch rows, so long runs downsample without reading every row: a level-L block
+# covers BLOCK_STEPS * BLOCK_FANOUT**L steps and summarises BLOCK_FANOUT blocks of level L - 1.
+BLOCK_STEPS, BLOCK_FANOUT, BLOCK_LEVELS = 64, 4, 4
 SUMMARISED = ('loss', 'smooth_loss', 'lr', 'mom')
+SUMMARY_FIELDS = ('min', 'min_step', 'max', 'max_step')
 batch_blocks = Table('batch_blocks', metadata,
                      Column('run_id', String(32), primary_key=True),
+                     Column('level', Integer, primary_key=True, autoincrement=False),
                      Column('block', Integer, primary_key=True, autoincrement=False),
                      Column('last_step', Integer, nullable=False),
-                     *[Column(f'{name}_{end}{part}', Float if part == '' else Integer)
-                       for name in SUMMARISED for end in ('min', 'max') for part in ('', '_step')],
+                     *[Column(f'{name}_{field}', Integer if field.endswith('step') else Float)
+                       for name in SUMMARISED for field in SUMMARY_FIELDS],
                      sqlite_with_rowid=False)
 
 epochs = Table('epochs', metadata,

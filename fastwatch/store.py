@@ -150,20 +150,26 @@ class Store:
         Pass `cursor` to `batches(since=...)` to follow the run from there."""
         with self.engine.connect() as conn:
             last = conn.execute(select(func.max(batches.c.step)).where(batches.c.run_id == run_id)).scalar()
-            # Long runs read the stored block summaries, where a bucket spans at least a block; short ones read rows.
-            use_blocks = last is not None and (last + 1) / max(1, n // 2) >= schema.BLOCK_STEPS
-            blocks = list(conn.execute(select(batch_blocks).where(batch_blocks.c.run_id == run_id)
-                                       .order_by(batch_blocks.c.block))) if use_blocks else []
-        covered = blocks[-1].last_step if blocks else -1
+            # Long runs read the coarsest block summaries that are no wider than a bucket; short ones read rows.
+            span = 0 if last is None else (last + 1) / max(1, n // 2)
+            level = max((level for level in range(schema.BLOCK_LEVELS)
+                         if schema.BLOCK_STEPS * schema.BLOCK_FANOUT ** level <= span), default=None)
+            summary = [c for c in batch_blocks.c if c.name not in ('run_id', 'level', 'block')]
+            query = (select(*summary).where(batch_blocks.c.run_id == run_id, batch_blocks.c.level == level)
+                     .order_by(batch_blocks.c.block))
+            rows = [tuple(row) for row in conn.execute(query)] if level is not None else []
+            blocks = np.array(rows, dtype=float).reshape(-1, len(summary))  # None -> NaN
+        block = {c.name: blocks[:, i] for i, c in enumerate(summary)}
+        covered = int(block['last_step'][-1]) if len(blocks) else -1
         tail = self.batches(run_id, since=covered)
-        if not blocks and len(tail['step']) <= n:
+        if not len(blocks) and len(tail['step']) <= n:
             return {'cursor': last,
                     'series': {name: {'step': tail['step'], 'value': tail[name]} for name in schema.SUMMARISED}}
         series = {}
         for name in schema.SUMMARISED:
-            block = {key: [b._mapping[f'{name}_{key}'] for b in blocks] for key in ('min', 'min_step', 'max', 'max_step')}
-            steps, values = minmax_buckets(block['min_step'] + tail['step'], block['min'] + tail[name],
-                                           block['max_step'] + tail['step'], block['max'] + tail[name], n)
+            both = lambda key, rows: np.concatenate([block[f'{name}_{key}'], np.array(rows, dtype=float)])
+            steps, values = minmax_buckets(both('min_step', tail['step']), both('min', tail[name]),
+                                           both('max_step', tail['step']), both('max', tail[name]), n)
             series[name] = {'step': steps.tolist(), 'value': values.tolist()}
         if not tail['step']:  # the last point lies inside the last block: add it
             last_row = self.batches(run_id, since=last - 1)
@@ -206,13 +212,26 @@ class Store:
         return [dict(row._mapping) for row in self._all(query)]
 
     # --- write side ------------------------------------------------------------------------------------
-    def write(self, rows: dict[str, list[dict]], run_updates: dict[str, dict] | None = None) -> None:
-        "Insert rows (by table name) and update runs in one transaction: all of it lands or none."
+    def write(self, rows: dict[str, list], run_updates: dict[str, dict] | None = None) -> None:
+        """Insert rows (by table name; each a dict, or a tuple in the table's column order) and update runs, in one
+        transaction: all of it lands or none."""
         with self.engine.begin() as conn:
             for table in (runs, *schema.RUN_TABLES):
-                if rows.get(table.name): conn.execute(table.insert(), rows[table.name])
+                if rows.get(table.name): conn.exec_driver_sql(self._insert_sql(table), self._params(table, rows[table.name]))
             for run_id, fields in (run_updates or {}).items():
                 conn.execute(runs.update().where(runs.c.id == run_id).values(**fields))
+
+    def _insert_sql(self, table) -> str:
+        "A plain positional INSERT in this database's dialect: executemany on it skips SQLAlchemy's per-row work."
+        quote = self.engine.dialect.identifier_preparer
+        marker = '?' if self.engine.dialect.paramstyle == 'qmark' else '%s'
+        return (f'INSERT INTO {quote.format_table(table)} ({", ".join(quote.format_column(c) for c in table.c)}) '
+                f'VALUES ({", ".join([marker] * len(table.c))})')
+
+    @staticmethod
+    def _params(table, rows: list) -> list[tuple]:
+        names = table.c.keys()
+        return [row if isinstance(row, tuple) else tuple(row.get(name) for name in names) for row in rows]
 
 
 def pack_confusion(matrix: np.ndarray) -> bytes:

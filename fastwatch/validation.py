@@ -33,14 +33,14 @@ class ValidationCollector:
         self.losses, self.decoded, self.probs, self.targets = [], [], [], []
 
     def add_batch(self) -> None:
-        pred, yb = self.learn.pred, self.learn.yb
-        if not self.classification or not len(yb): return
-        targ = yb[0]
+        if not self.classification or not len(self.learn.yb): return
+        # Plain tensors: fastai's tensor subclasses make every small operation several times slower.
+        pred, targ = self.learn.pred.as_subclass(torch.Tensor), self.learn.yb[0].as_subclass(torch.Tensor)
         if not is_single_label(pred, targ):
             self.classification = False
             return
         loss_func = self.learn.loss_func
-        with self.learn.loss_not_reduced(): losses = self.learn.loss_func(pred, *yb)
+        with self.learn.loss_not_reduced(): losses = self.learn.loss_func(pred, targ)
         if losses.shape != targ.shape:
             self.classification = False
             return

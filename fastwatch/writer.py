@@ -17,10 +17,9 @@ from typing import Callable
 import numpy as np
 
 from . import schema
-from .downsample import summarise_block
+from .downsample import summarise
 from .store import HEARTBEAT_SECONDS, open_store, store_url
 
-BATCH_FIELDS = ('run_id', 'step', 'epoch', 'fit', 'frozen', 'loss', 'smooth_loss', 'lr', 'mom', 'time')
 # A probe is asked each tick whether an open run ended without telling: it returns None or (status, error).
 Probe = Callable[[], 'tuple[str, str | None] | None']
 
@@ -62,7 +61,7 @@ class Writer:
         self._rows: dict[str, list] = defaultdict(list)
         self._updates: dict[str, dict] = defaultdict(dict)
         self._markers: list[threading.Event] = []
-        self._blocks: dict[str, tuple[int, list]] = {}  # run id -> (block, its batch rows so far)
+        self._blocks: dict[str, dict] = {}  # run id -> {level: (open block, its points, their last steps)}
         self._lost: dict[str, int] = defaultdict(int)
         self._failures, self._retry_at, self._last_beat = 0, 0.0, 0.0
         self.failing = False
@@ -81,7 +80,7 @@ class Writer:
         self._queue.append(('update', run_id, fields))
 
     def add_batch(self, row: tuple) -> None:
-        "One training batch, as a tuple in `BATCH_FIELDS` order; tensors are turned into floats in the thread."
+        "One training batch, a tuple in the batches table's column order; tensors become floats in the thread."
         self._queue.append(('batch', row))
 
     def add_rows(self, table: str, rows: list[dict]) -> None:
@@ -127,28 +126,42 @@ class Writer:
             elif kind == 'end': self._take_end(*args)
 
     def _take_batch(self, values: tuple) -> None:
-        row = dict(zip(BATCH_FIELDS, values))
-        for key in ('loss', 'smooth_loss', 'lr', 'mom'): row[key] = _number(row[key])
+        run_id, step, epoch, fit, frozen, loss, smooth_loss, lr, mom, wall = values
+        row = (run_id, step, epoch, fit, frozen, _number(loss), _number(smooth_loss), _number(lr), _number(mom), wall)
         self._rows['batches'].append(row)
-        run_id, block = row['run_id'], row['step'] // schema.BLOCK_STEPS
-        current, rows = self._blocks.get(run_id, (block, []))
-        if block != current:
-            self._summarise_block(run_id)
-            current, rows = block, []
-        rows.append(row)
-        self._blocks[run_id] = (current, rows)
+        self._add_to_block(run_id, 0, step // schema.BLOCK_STEPS, row, step)
 
-    def _summarise_block(self, run_id: str) -> None:
-        block, rows = self._blocks.pop(run_id, (None, []))
-        if not rows: return
-        steps = np.array([r['step'] for r in rows])
-        summary = {'run_id': run_id, 'block': block, 'last_step': int(steps[-1])}
-        for name in schema.SUMMARISED:
-            values = np.array([np.nan if r[name] is None else r[name] for r in rows], dtype=float)
-            lo, lo_step, hi, hi_step = summarise_block(steps, values)
-            summary.update({f'{name}_min': lo, f'{name}_min_step': lo_step,
-                            f'{name}_max': hi, f'{name}_max_step': hi_step})
-        self._rows['batch_blocks'].append(summary)
+    def _add_to_block(self, run_id: str, level: int, block: int, point, last_step: int) -> None:
+        "Add a batch row (level 0) or a closed block's summary (the levels above) to the open block of its level."
+        levels = self._blocks.setdefault(run_id, {})
+        current = levels.get(level)
+        if current is not None and current[0] != block:
+            self._close_block(run_id, level)
+            current = None
+        if current is None: current = levels[level] = (block, [], [])
+        current[1].append(point)
+        current[2].append(last_step)
+
+    def _close_block(self, run_id: str, level: int) -> None:
+        "Write the summary of a level's open block, and pass it on to the level above."
+        block, points, last_steps = self._blocks[run_id].pop(level)
+        if level == 0:  # batch rows: each value is its own min and max
+            steps = np.array([row[1] for row in points], dtype=float)[:, None].repeat(4, axis=1)
+            values = np.array([row[5:9] for row in points], dtype=float)  # None -> NaN
+            points = np.stack([values, steps, values, steps], axis=-1)
+        summary = summarise(np.stack(points))
+        row = {'run_id': run_id, 'level': level, 'block': block, 'last_step': last_steps[-1]}
+        for name, values in zip(schema.SUMMARISED, summary):
+            row.update({f'{name}_{field}': None if np.isnan(v) else (int(v) if field.endswith('step') else float(v))
+                        for field, v in zip(schema.SUMMARY_FIELDS, values)})
+        self._rows['batch_blocks'].append(row)
+        if level + 1 < schema.BLOCK_LEVELS:
+            self._add_to_block(run_id, level + 1, block // schema.BLOCK_FANOUT, summary, last_steps[-1])
+
+    def _close_blocks(self, run_id: str) -> None:
+        for level in range(schema.BLOCK_LEVELS):
+            if level in self._blocks.get(run_id, {}): self._close_block(run_id, level)
+        self._blocks.pop(run_id, None)
 
     def _take_later(self, make_rows: Callable) -> None:
         try: rows = make_rows()
@@ -158,7 +171,7 @@ class Writer:
         for table, table_rows in rows.items(): self._rows[table].extend(table_rows)
 
     def _take_end(self, run_id: str, status: str, error: str | None) -> None:
-        self._summarise_block(run_id)
+        self._close_blocks(run_id)
         now = time.time()
         self._updates[run_id].update(status=status, error=error, updated_at=now, heartbeat=now)
 
@@ -176,7 +189,7 @@ class Writer:
     def _bound_buffer(self) -> None:
         excess = len(self._rows['batches']) - self.max_buffered
         if excess <= 0: return
-        for row in self._rows['batches'][:excess]: self._lost[row['run_id']] += 1
+        for row in self._rows['batches'][:excess]: self._lost[row[0]] += 1
         del self._rows['batches'][:excess]
 
     def _write(self) -> None:

@@ -1,0 +1,166 @@
+"""Dashboard benchmarks, in a real browser against a real `fastwatch serve`:
+
+- live latency: a batch row committed to the store -> the point in the page's bokeh document (target p95 < 1 s);
+- first render: opening the URL -> charts drawn with their data, for runs of 1,000 and 1,000,000 steps (< 2 s);
+- page weight: bytes transferred to the browser, HTTP and WebSocket (< 5 MB);
+- memory of one viewer's kernel (< 150 MB).
+
+    python benchmarks/bench_dashboard.py                      # all figures
+    python benchmarks/bench_dashboard.py --screenshots docs   # also the README screenshots, during a real demo run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+from playwright.sync_api import sync_playwright
+
+sys.path.insert(0, str(Path(__file__).parents[1] / 'tests'))
+from browser import POINTS_JS, free_port, launch, open_dashboard, points, served  # noqa: E402
+
+from fastwatch import open_store  # noqa: E402
+from fastwatch.writer import Writer  # noqa: E402
+
+
+def record_run(store: Path, steps: int, status: str = 'finished') -> str:
+    "A run of `steps` synthetic batch rows (and 10 epochs), written by the real background writer."
+    writer, run_id, now = Writer.for_store(store), uuid.uuid4().hex[:13], time.time()
+    info = {'planned_epochs': 10, 'metric_names': ['error_rate'], 'fits': [{'fit': 0, 'frozen': False}]}
+    writer.start_run({'id': run_id, 'name': f'{steps:,} steps', 'status': 'running', 'error': None,
+                      'created_at': now, 'updated_at': now, 'heartbeat': now, 'info': json.dumps(info),
+                      'config': '{}', 'vocab': None, 'lost_rows': 0})
+    loss = 2 * np.exp(-np.arange(steps) / steps * 4) + np.random.default_rng(0).random(steps) * 0.3
+    for step in range(steps):
+        epoch = step * 10 // steps
+        writer.add_batch((run_id, step, epoch, 0, False, loss[step], loss[step], 1e-3, 0.9, now))
+        if (step + 1) * 10 // steps != epoch:
+            writer.add_rows('epochs', [{'run_id': run_id, 'epoch': epoch, 'fit': 0, 'frozen': False, 'step': step,
+                                        'train_loss': loss[step], 'valid_loss': loss[step],
+                                        'metrics': json.dumps({'error_rate': 0.1}), 'duration': 1.0, 'time': now}])
+    if status != 'running': writer.end_run(run_id, status)
+    writer.flush(600)
+    return run_id
+
+
+def kernel_memory_mb(port: int) -> list[float]:
+    "Peak resident memory (VmHWM) of the kernels of the server on `port`: a viewer's, and the preheated one waiting."
+    found = []
+    for proc in Path('/proc').iterdir():
+        try:
+            if not proc.name.isdigit() or b'ipykernel' not in (proc / 'cmdline').read_bytes(): continue
+            status = (proc / 'status').read_text()
+            parent = (Path('/proc') / re.search(r'PPid:\s+(\d+)', status)[1] / 'cmdline').read_bytes()
+        except OSError: continue
+        if str(port).encode() in parent: found.append(int(re.search(r'VmHWM:\s+(\d+)', status)[1]) / 1024)
+    return found
+
+
+def first_render(browser, url: str, repeats: int = 3) -> list[float]:
+    "Seconds from opening the URL to the charts drawn with data, each visit on a fresh page (a fresh kernel)."
+    times = []
+    for _ in range(repeats):
+        time.sleep(6)  # let Voila refill its pool of preheated kernels, as between two visitors
+        page = browser.new_page()
+        times.append(open_dashboard(page, url, timeout=60))
+        page.close(run_before_unload=True)  # as a closed tab: Voila shuts the kernel down
+    return times
+
+
+def page_weight(browser, url: str) -> tuple[int, int, list[float]]:
+    """Bytes transferred over HTTP (as sent: compressed, with headers) and received over the kernel WebSocket,
+    and the memory of the server's kernels while the page is open."""
+    page, http, ws = browser.new_page(), [], []
+    page.on('requestfinished', lambda r: http.append(r.sizes()['responseBodySize'] + r.sizes()['responseHeadersSize']))
+    page.on('websocket', lambda w: w.on('framereceived', lambda f: ws.append(len(f))))
+    time.sleep(6)
+    open_dashboard(page, url)
+    page.wait_for_load_state('networkidle')
+    time.sleep(1)
+    memory = kernel_memory_mb(int(url.rsplit(':', 1)[1].split('/')[0]))
+    page.close()
+    return sum(http), sum(ws), memory
+
+
+def live_latency(browser, url: str, store: Path, rows: int = 60, every: float = 0.2) -> list[float]:
+    "Seconds from a batch row's commit to its point in the page's bokeh document, one row every `every` s."
+    writer_store, run_id = open_store(store), record_run(store, 10, status='running')
+    page = browser.new_page()
+    time.sleep(6)
+    open_dashboard(page, f'{url}?run={run_id}')
+    page.evaluate(f"""() => {{ window.seenAt = {{}}; setInterval(() => {{
+        const n = ({POINTS_JS})('loss'); if (!(n in window.seenAt)) window.seenAt[n] = Date.now() / 1000; }}, 5); }}""")
+    committed = {}
+    for step in range(10, 10 + rows):
+        now = time.time()
+        writer_store.write({'batches': [{'run_id': run_id, 'step': step, 'epoch': 9, 'fit': 0, 'frozen': False,
+                                         'loss': 0.5, 'smooth_loss': 0.5, 'lr': 1e-3, 'mom': 0.9, 'time': now}]},
+                           {run_id: {'heartbeat': now, 'updated_at': now}})
+        committed[step + 1] = time.time()  # the page then holds step + 1 points
+        time.sleep(every)
+    time.sleep(2)
+    seen = {int(n): t for n, t in page.evaluate('window.seenAt').items()}
+    writer_store.write({}, {run_id: {'status': 'finished'}})
+    page.close()
+    return [seen[n] - t for n, t in committed.items() if n in seen]
+
+
+def screenshots(browser, out: Path, port: int) -> None:
+    "Desktop and phone screenshots of the dashboard during a real `fastwatch demo` run."
+    with tempfile.TemporaryDirectory() as tmp:
+        demo = subprocess.Popen([sys.executable, '-c', 'from fastwatch.cli import main; main()', 'demo', '--epochs',
+                                 '3', '--port', str(port), '--store', f'{tmp}/demo.db', '--exit-after'],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            store = None
+            while store is None or not store.runs() or len(store.epochs(store.runs()[0]['id'])) < 2:
+                time.sleep(1)
+                if Path(f'{tmp}/demo.db').exists(): store = open_store(f'{tmp}/demo.db', readonly=True)
+            for name, viewport in (('desktop', {'width': 1280, 'height': 1100}),
+                                   ('phone', {'width': 390, 'height': 844})):
+                page = browser.new_page(viewport=viewport, device_scale_factor=2 if name == 'phone' else 1)
+                open_dashboard(page, f'http://127.0.0.1:{port}/')
+                page.wait_for_selector('.fw-gallery img')
+                time.sleep(2)
+                page.screenshot(path=str(out / f'dashboard-{name}.png'))
+                page.close()
+        finally:
+            demo.terminate()
+            demo.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--screenshots', type=Path, help='folder to save dashboard-desktop.png and dashboard-phone.png')
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as playwright:
+        browser = launch(playwright)
+        if args.screenshots: screenshots(browser, args.screenshots, free_port())
+        store = Path(tmp) / 'bench.db'
+        small = record_run(store, 1_000)
+        started = time.perf_counter()
+        large = record_run(store, 1_000_000)
+        print(f'recorded a 1,000,000-step run in {time.perf_counter() - started:.0f} s')
+        with served(store, Path(tmp)) as url:
+            for steps, run_id in (('1,000', small), ('1,000,000', large)):
+                times = first_render(browser, f'{url}?run={run_id}')
+                print(f'first render, {steps} steps: median {np.median(times):.2f} s (runs: '
+                      + ', '.join(f'{t:.2f}' for t in times) + ')')
+            http, ws, memory = page_weight(browser, f'{url}?run={large}')
+            print(f'page weight: {(http + ws) / 1e6:.2f} MB ({http / 1e6:.2f} MB HTTP, {ws / 1e6:.2f} MB WebSocket)')
+            print('kernel memory (peak RSS): ' + ', '.join(f'{m:.0f} MB' for m in sorted(memory)))
+            latencies = live_latency(browser, url, store)
+            print(f'live latency over {len(latencies)} rows: median {np.median(latencies):.2f} s, '
+                  f'p95 {np.percentile(latencies, 95):.2f} s, max {max(latencies):.2f} s')
+        browser.close()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,132 @@
+"""What recording costs training: fine_tune wall time with WatchCallback against no callback, fastai's CSVLogger
+and TensorBoardCallback, interleaved round by round, with an A/A pair for the noise floor; the callback's own
+time in the training thread; process CPU time (which includes the writer thread); and the cost of collecting the
+confusion matrix and top losses during the validation pass against ClassificationInterpretation.
+
+    python benchmarks/bench_recording.py [--rounds 10] [--epochs 2]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from fastai.callback.progress import CSVLogger
+from fastai.callback.tensorboard import TensorBoardCallback
+from fastai.interpret import ClassificationInterpretation
+
+from fastwatch import WatchCallback
+from fastwatch.digits import digits_dls, digits_folder, digits_learner
+
+
+class TimedWatchCallback(WatchCallback):
+    "WatchCallback that adds up the time its events take in the training thread, per event name."
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.spent: dict[str, float] = {}
+
+    def __call__(self, event_name):
+        start = time.perf_counter()
+        result = super().__call__(event_name)
+        if event_name == 'after_batch': event_name += ' train' if self.learn.training else ' valid'
+        self.spent[event_name] = self.spent.get(event_name, 0.0) + time.perf_counter() - start
+        return result
+
+
+def pct(x: float) -> str: return f'{100 * x:+.2f}%'
+
+
+def run_case(dls, arch: str, make_cbs, epochs: int) -> tuple[float, float, list]:
+    learn = digits_learner(dls, arch=arch, cbs=make_cbs())
+    wall, cpu = time.perf_counter(), time.process_time()
+    with learn.no_bar(), learn.no_logging(): learn.fine_tune(epochs)
+    return time.perf_counter() - wall, time.process_time() - cpu, learn
+
+
+def bench_overhead(dls, arch: str, rounds: int, epochs: int, work: Path) -> None:
+    cases = {
+        'none': lambda: [],
+        'none (A/A)': lambda: [],
+        'WatchCallback': lambda: [TimedWatchCallback(store=work / f'{arch}.db')],
+        'CSVLogger': lambda: [CSVLogger(fname=str(work / 'history.csv'))],
+        'TensorBoardCallback': lambda: [TensorBoardCallback(log_dir=str(work / 'tb'), trace_model=False)],
+    }
+    wall = {name: [] for name in cases}
+    cpu = {name: [] for name in cases}
+    callback_time, steps = 0.0, 0
+    run_case(dls, arch, lambda: [], 1)  # warm-up
+    for _ in range(rounds):
+        for name, make in cases.items():
+            seconds, cpu_seconds, learn = run_case(dls, arch, make, epochs)
+            wall[name].append(seconds); cpu[name].append(cpu_seconds)
+            if name == 'WatchCallback':
+                callback_time += sum(next(cb for cb in learn.cbs if isinstance(cb, TimedWatchCallback)).spent.values())
+                steps += (epochs + 1) * (len(dls.train) + len(dls.valid))
+    base = wall['none']
+    floor = statistics.median((a - b) / b for a, b in zip(wall['none (A/A)'], base))
+    print(f'\n## fine_tune({epochs}) of {arch} on digits: {rounds} interleaved rounds '
+          f'(median step {1000 * statistics.median(base) / ((epochs + 1) * (len(dls.train) + len(dls.valid))):.1f} ms)')
+    print(f"{'case':<22}{'min s':>8}{'median s':>10}{'paired wall':>14}{'paired CPU':>12}")
+    for name in cases:
+        diff = statistics.median((a - b) / b for a, b in zip(wall[name], base))
+        cpu_diff = statistics.median((a - b) / b for a, b in zip(cpu[name], cpu['none']))
+        shown = pct(diff) if abs(diff) > abs(floor) or name == 'none' else 'below noise'
+        print(f'{name:<22}{min(wall[name]):>8.3f}{statistics.median(wall[name]):>10.3f}{shown:>14}{pct(cpu_diff):>12}')
+    print(f'noise floor (A/A median paired difference): {pct(floor)}')
+    per_step = callback_time / steps
+    print(f'WatchCallback in the training thread: {1e6 * per_step:.1f} us per batch, '
+          f'{100 * per_step / (statistics.median(base) / ((epochs + 1) * (len(dls.train) + len(dls.valid)))):.2f}% '
+          'of the mean batch time')
+
+
+def bench_validation(dls, work: Path, rounds: int) -> None:
+    "Added time per validation pass for confusion matrix + top losses, and ClassificationInterpretation's cost."
+    watch = TimedWatchCallback(store=work / 'valid.db')
+    learn = digits_learner(dls, cbs=watch)
+    with learn.no_bar(), learn.no_logging(): learn.fine_tune(rounds - 1)  # `rounds` validation passes
+    added = sum(watch.spent.get(event, 0.0) for event in ('before_validate', 'after_batch valid', 'after_validate'))
+    added /= rounds
+    plain, interpretation = [], []
+    for _ in range(rounds):  # validate() records nothing: WatchCallback stays idle outside a training fit
+        start = time.perf_counter()
+        with learn.no_bar(), learn.no_logging(): learn.validate()
+        plain.append(time.perf_counter() - start)
+    for _ in range(max(3, rounds // 3)):
+        start = time.perf_counter()
+        with learn.no_bar(), learn.no_logging():
+            interp = ClassificationInterpretation.from_learner(learn)
+            interp.confusion_matrix(); interp.top_losses(16)
+        interpretation.append(time.perf_counter() - start)
+    plain_pass, interp_time = statistics.median(plain), statistics.median(interpretation)
+    print(f'\n## Confusion matrix + top-16 losses, collected during {rounds} validation passes of fine_tune')
+    print(f'plain validation pass (learn.validate): median {1000 * plain_pass:.1f} ms')
+    print(f'WatchCallback validation work in the training thread: {1000 * added:.2f} ms per pass = '
+          f'{100 * added / plain_pass:.1f}% of a plain pass; 0 extra forward passes (thumbnails are encoded '
+          'in the writer thread)')
+    print(f'ClassificationInterpretation.from_learner + confusion_matrix() + top_losses(16): median '
+          f'{1000 * interp_time:.1f} ms = {interp_time / plain_pass:.1f}x a plain pass')
+
+
+def main(rounds: int = 10, epochs: int = 2, archs: tuple = ('cnn', 'resnet18')) -> None:
+    torch.set_num_threads(max(1, (os.cpu_count() or 2)))
+    print(f'machine: {os.cpu_count()} cores, torch {torch.__version__}, device cpu')
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        path = digits_folder(work / 'digits')
+        for arch in archs:
+            size = 16 if arch == 'cnn' else 32
+            bench_overhead(digits_dls(path, size=size), arch, rounds, epochs, work)
+        bench_validation(digits_dls(path), work, rounds)
+
+
+if __name__ == '__main__':
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--rounds', type=int, default=10)
+    parser.add_argument('--epochs', type=int, default=2)
+    parser.add_argument('--arch', action='append', choices=['cnn', 'resnet18'])
+    args = parser.parse_args()
+    main(args.rounds, args.epochs, tuple(args.arch or ('cnn', 'resnet18')))
