@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -132,7 +133,7 @@ def screenshots(browser, out: Path, port: int) -> None:
                 page.screenshot(path=str(out / f'dashboard-{name}.png'))
                 page.close()
         finally:
-            demo.terminate()
+            demo.send_signal(signal.SIGINT)  # Ctrl-C: the demo stops its dashboard server too
             demo.wait(30)
 
 

@@ -14,8 +14,10 @@ import fastai
 import torch
 from fastai.callback.core import Callback
 from fastai.learner import Learner, Recorder
+from fastai.torch_core import rank_distrib
 
 from . import __version__
+from .links import DEFAULT_URL, local_url
 from .store import pack_confusion
 from .validation import ValidationCollector, decoded_inputs, item_name, render_input
 from .writer import Writer, exit_outcome
@@ -59,7 +61,11 @@ class WatchCallback(Callback):
 
     def __init__(self, store=None, name: str | None = None, config: dict | None = None, top_k: int = 16,
                  thumb_size: int = 128):
-        self.store, self.run_name, self.config, self.top_k, self.thumb_size = store, name, config or {}, top_k, thumb_size
+        if top_k < 0: raise ValueError(f'WatchCallback: top_k must be 0 or more, not {top_k}')
+        if thumb_size < 1: raise ValueError(f'WatchCallback: thumb_size must be at least 1 pixel, not {thumb_size}')
+        if not isinstance(config or {}, dict): raise ValueError(f'WatchCallback: config must be a dict, not {config!r}')
+        self.store, self.run_name, self.config = store, name, config or {}
+        self.top_k, self.thumb_size = top_k, thumb_size
         self.run_id, self.writer, self.disabled, self.in_fit = None, None, False, False
         self._fine_tune, self._fine_tune_fits = None, 0
         self._lock = threading.Lock()
@@ -77,7 +83,9 @@ class WatchCallback(Callback):
     def before_fit(self):
         "Decide whether this fit is recorded; lr_find and get_preds announce themselves and are not."
         if self.in_fit: self._end_abandoned_fit()  # the last fit raised before its probe noticed
-        self.recording = not (hasattr(self.learn, 'lr_finder') or hasattr(self.learn, 'gather_preds'))
+        # One run per training, however many processes distrib_ctx starts: only rank 0 records.
+        self.recording = not (hasattr(self.learn, 'lr_finder') or hasattr(self.learn, 'gather_preds')
+                              or rank_distrib() != 0)
         self.trained = False  # validate() runs before_fit but never before_train: a run starts at first training
         fine_tune = _caller_frame('fine_tune', self.learn)
         if fine_tune is not None and fine_tune is self._fine_tune: self._fine_tune_fits += 1
@@ -148,8 +156,8 @@ class WatchCallback(Callback):
                'vocab': json.dumps([str(v) for v in vocab]) if vocab is not None and not isinstance(vocab[0], list)
                else None}
         self.writer.start_run(run, probe=self._probe)
-        print(f'fastwatch: recording run {self.run_id} into {self.writer.location} '
-              f'- view it with: fastwatch serve --store {self.writer.location}')
+        print(f'fastwatch: recording run {self.run_id} into {self.writer.location} - watch it: fastwatch serve '
+              f'--store {self.writer.location}, then open {local_url(DEFAULT_URL, self.run_id)}')
 
     def _info(self) -> dict:
         learn, dls = self.learn, self.learn.dls

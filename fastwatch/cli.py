@@ -13,7 +13,7 @@ COMMANDS = {
     'export': ('fastwatch.exports', 'export', []),
     'import': ('fastwatch.snapshot', 'import_snapshot', ['path']),
     'share': ('fastwatch.share', 'share', ['run']),
-    'binder': ('fastwatch.share', 'binder', []),
+    'binder': ('fastwatch.share', 'binder', ['path']),
     'serve': ('fastwatch.serve', 'serve', []),
     'demo': ('fastwatch.serve', 'demo', []),
 }

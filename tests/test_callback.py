@@ -173,3 +173,10 @@ def test_export_keeps_working(trained, tmp_path):
     learn.path = tmp_path
     learn.export('model.pkl')
     assert (tmp_path / 'model.pkl').stat().st_size > 0
+
+
+@pytest.mark.parametrize('kwargs, message', [({'top_k': -1}, 'top_k must be 0 or more'),
+                                             ({'thumb_size': 0}, 'thumb_size must be at least 1'),
+                                             ({'config': [1, 2]}, 'config must be a dict')])
+def test_bad_arguments_are_one_clear_error(kwargs, message):
+    with pytest.raises(ValueError, match=message): WatchCallback(**kwargs)

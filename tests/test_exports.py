@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastwatch import open_store
 from fastwatch.cli import run_command
+from test_snapshot import add_empty_run
 
 pytest.importorskip('tensorboard')
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
@@ -73,10 +73,7 @@ def test_csv_has_fastais_columns_and_every_epoch(trained, tmp_path):
 def test_csv_takes_one_run(trained, tmp_path, capsys):
     two = tmp_path / 'two.fastwatch'
     assert export(trained, '-o', str(two)) == 0
-    store = open_store(two)
-    store.write({'runs': [{'id': 'other', 'status': 'finished', 'created_at': 1.0, 'updated_at': 1.0,
-                           'heartbeat': 1.0, 'info': '{}', 'config': '{}', 'lost_rows': 0}]})
-    store.close()
+    add_empty_run(two, 'other')
     assert run_command('export', [trained['run_id'], 'other', '--format', 'csv', '-o', str(tmp_path / 'h.csv'),
                                   '--store', str(two)]) == 1
     assert capsys.readouterr().err == 'fastwatch export: csv export takes one run, not 2\n'
@@ -95,5 +92,6 @@ def test_export_refuses_bad_input(trained, tmp_path, capsys, case):
     assert export(trained, *argv) == 1
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and err.startswith('fastwatch export: ')
-    assert existing.read_text() == 'precious' and (tmp_path / 'tb' / trained['run_id'] / 'keep').read_text() == 'precious'
+    assert existing.read_text() == 'precious'
+    assert (tmp_path / 'tb' / trained['run_id'] / 'keep').read_text() == 'precious'
     assert sorted(p.name for p in tmp_path.iterdir()) == ['history.csv', 'tb']

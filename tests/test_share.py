@@ -9,17 +9,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from fastwatch import __version__, open_store
-from fastwatch.cli import run_command
 from fastwatch.links import binder_url
 from fastwatch.serve import APP
+from test_snapshot import cli
 
 ROOT = Path(__file__).parents[1]
-
-
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    status = run_command(argv[0], list(argv[1:]))
-    out = capsys.readouterr()
-    return status, out.out, out.err
 
 
 def open_binder_link(url: str) -> tuple[str, str, dict[str, str]]:

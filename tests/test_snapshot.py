@@ -22,6 +22,14 @@ def run_rows(store, run_id: str) -> dict[str, list[tuple]]:
     return rows
 
 
+def add_empty_run(location, run_id: str) -> None:
+    "Record a run with no rows into the store at `location`, beside what it has."
+    store = open_store(location)
+    store.write({'runs': [{'id': run_id, 'status': 'finished', 'created_at': 1.0, 'updated_at': 1.0,
+                           'heartbeat': 1.0, 'info': '{}', 'config': '{}', 'lost_rows': 0}]})
+    store.close()
+
+
 def cli(capsys, *argv: str) -> tuple[int, str, str]:
     "Run `fastwatch ARGV...` in-process: exit status, stdout, stderr."
     status = run_command(argv[0], list(argv[1:]))
@@ -58,9 +66,8 @@ def test_snapshot_is_one_self_contained_file_that_opens_read_only(trained, tmp_p
 def test_importing_twice_adds_nothing_and_keeps_other_runs(trained, tmp_path, capsys):
     snapshot, merged = tmp_path / 'run.fastwatch', tmp_path / 'team.db'
     cli(capsys, 'export', trained['run_id'], '-o', str(snapshot), '--store', str(trained['path']))
+    add_empty_run(merged, 'other')
     other = open_store(merged)
-    other.write({'runs': [{'id': 'other', 'status': 'finished', 'created_at': 1.0, 'updated_at': 1.0,
-                           'heartbeat': 1.0, 'info': '{}', 'config': '{}', 'lost_rows': 0}]})
     cli(capsys, 'import', str(snapshot), '--store', str(merged))
     before = run_rows(other, trained['run_id'])
     status, out, _ = cli(capsys, 'import', str(snapshot), '--store', str(merged))

@@ -1,0 +1,166 @@
+"""The dashboard's bokeh charts. Each chart owns its figure and data sources: `load` replaces a run's data,
+`extend` streams new points (`ColumnDataSource.stream`, so the browser redraws without a page render).
+
+Plain data in, bokeh models out: no widgets and no store here, so tests can check what a chart holds.
+Names from the store (runs, classes) reach the browser only as canvas text (legends, axis labels): never as HTML.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from bokeh.document import Document
+from bokeh.events import DocumentReady
+from bokeh.models import ColumnDataSource, FactorRange, HoverTool, LinearColorMapper
+from bokeh.palettes import Blues256, Category10_10
+from bokeh.plotting import figure
+
+COLORS = Category10_10
+PHASE_COLORS = {True: '#9ecae1', False: '#fdd0a2'}  # frozen body / unfrozen, as in fine_tune's two fits
+
+
+def _figure(title: str, x_label: str, y_label: str, **kwargs) -> figure:
+    fig = figure(title=title, height=250, sizing_mode='stretch_width', tools='pan,box_zoom,wheel_zoom,reset,save',
+                 toolbar_location='above', x_axis_label=x_label, y_axis_label=y_label, **kwargs)
+    fig.toolbar.logo = None
+    return fig
+
+
+def resend_on_ready(fig: figure) -> None:
+    """Send the chart's data again when the browser has drawn it: jupyter_bokeh renders the snapshot taken when
+    its widget was made, and changes sent before the browser view existed are lost."""
+    if fig.document is None: Document().add_root(fig)
+
+    def resend(_event) -> None:
+        for model in fig.document.models:
+            if isinstance(model, ColumnDataSource): model.data = dict(model.data)
+            elif isinstance(model, FactorRange): model.factors = list(model.factors)
+    fig.document.on_event(DocumentReady, resend)
+
+
+@dataclass(frozen=True)
+class Layer:
+    "One series drawn for each run: its key in the data, legend label, how it is drawn, and the hover format."
+    key: str
+    label: str
+    kind: str = 'line'  # line, faint (raw values), points (line and markers), bars
+    fmt: str = '{0.0000}'
+
+
+class SeriesChart:
+    "A chart of one or more layers for each of several runs (the first run is the one shown; others overlay it)."
+
+    def __init__(self, title: str, x_label: str, y_label: str, layers: list[Layer], runs: list[tuple[str, str]],
+                 y_axis_type: str = 'linear'):
+        self.fig = _figure(title, x_label, y_label, y_axis_type=y_axis_type)
+        self.sources: dict[tuple[str, str], ColumnDataSource] = {}
+        overlay = len(runs) > 1
+        for index, (run_id, run_label) in enumerate(runs):
+            color = COLORS[index % len(COLORS)]
+            for layer in layers:
+                source = ColumnDataSource({'x': [], 'y': []}, name=f'{layer.key}:{run_id}')
+                self.sources[run_id, layer.key] = source
+                legend = f'{run_label} · {layer.label}' if overlay else layer.label
+                renderer = self._draw(layer, source, color, legend, dashed=overlay and index > 0)
+                self.fig.add_tools(HoverTool(renderers=[renderer], tooltips=[
+                    (layer.label, f'@y{layer.fmt}'), (x_label, '@x')], mode='mouse'))
+        if x_label == 'epoch': self.fig.xaxis.ticker.min_interval = 1
+        if self.fig.legend:
+            self.fig.legend.visible = overlay or len(layers) > 1
+            self.fig.legend.location = 'top_right'
+            self.fig.legend.click_policy = 'hide'
+            self.fig.legend.label_text_font_size = '8pt'
+        resend_on_ready(self.fig)
+
+    def _draw(self, layer: Layer, source, color: str, legend: str, dashed: bool):
+        fig, dash = self.fig, 'dashed' if dashed else 'solid'
+        if layer.kind == 'faint':
+            return fig.line('x', 'y', source=source, color=color, alpha=0.25, legend_label=legend)
+        if layer.kind == 'bars':
+            return fig.vbar('x', top='y', width=0.8, source=source, color=color, alpha=0.6, legend_label=legend)
+        line = fig.line('x', 'y', source=source, color=color, line_width=2, line_dash=dash, legend_label=legend)
+        if layer.kind != 'points': return line
+        return fig.scatter('x', 'y', source=source, color=color, size=7, marker='diamond', legend_label=legend)
+
+    def load(self, run_id: str, data: dict[str, dict]) -> None:
+        "Replace a run's data: `{layer key: {'x': [...], 'y': [...]}}`."
+        for key, columns in data.items():
+            # Own copies: series share their step lists, and streaming extends a source's lists in place.
+            if (run_id, key) in self.sources:
+                self.sources[run_id, key].data = {k: list(v) for k, v in columns.items()}
+
+    def extend(self, run_id: str, data: dict[str, dict]) -> None:
+        "Append new points to a run's layers."
+        for key, columns in data.items():
+            if (run_id, key) in self.sources and len(columns['x']):
+                self.sources[run_id, key].stream({k: list(v) for k, v in columns.items()})
+
+    def points(self, run_id: str, key: str) -> int:
+        "How many points a run's layer holds."
+        return len(self.sources[run_id, key].data['x'])
+
+
+class LossChart(SeriesChart):
+    "Loss per batch (raw, faint; smoothed) with valid loss per epoch, over fine_tune's frozen and unfrozen fits."
+
+    def __init__(self, runs: list[tuple[str, str]]):
+        super().__init__('Loss', 'step', 'loss', [Layer('loss', 'loss', 'faint'), Layer('smooth_loss', 'smoothed'),
+                                                  Layer('valid_loss', 'valid loss', 'points')], runs)
+        self.phases = ColumnDataSource({'x0': [], 'x1': [], 'color': [], 'phase': []})
+        strips = self.fig.vstrip('x0', 'x1', source=self.phases, fill_color='color', fill_alpha=0.25, line_color=None,
+                                 level='underlay')
+        self.fig.add_tools(HoverTool(renderers=[strips], tooltips=[('phase', '@phase')]))
+
+    def shade(self, spans: list[dict]) -> None:
+        "Shade each fit's steps: frozen body or unfrozen (`live.fit_spans`)."
+        data = {'x0': [s['start'] - 0.5 for s in spans], 'x1': [s['end'] + 0.5 for s in spans],
+                'color': [PHASE_COLORS[s['frozen']] for s in spans],
+                'phase': [f"fit {s['fit'] + 1}: {'frozen body' if s['frozen'] else 'unfrozen'}" for s in spans]}
+        if data != self.phases.data: self.phases.data = data
+
+
+class ConfusionChart:
+    "The confusion matrix as a heatmap (rows actual, columns predicted): counts, or shares of each actual class."
+
+    def __init__(self, vocab: list[str]):
+        names = [str(v) for v in vocab]
+        size = min(560, 200 + 36 * len(names))
+        self.fig = figure(title='Confusion matrix', x_range=FactorRange(*names), y_range=FactorRange(*names[::-1]),
+                          height=size, sizing_mode='stretch_width', max_width=size + 100, tools='hover,save',
+                          toolbar_location=None, x_axis_label='predicted', y_axis_label='actual',
+                          tooltips=[('actual', '@actual'), ('predicted', '@predicted'), ('count', '@count'),
+                                    ('share of actual', '@share{0.0%}')])
+        self.fig.xaxis.major_label_orientation = 0.8 if max(map(len, names), default=0) > 3 else 0
+        self.fig.grid.grid_line_color = None
+        self.names = names
+        self.source = ColumnDataSource({k: [] for k in ('actual', 'predicted', 'count', 'share', 'value', 'text',
+                                                        'ink')})
+        mapper = LinearColorMapper(palette=Blues256[::-1], low=0, high=1)
+        self.fig.rect('predicted', 'actual', 0.95, 0.95, source=self.source, line_color=None,
+                      fill_color={'field': 'value', 'transform': mapper})
+        self.fig.text('predicted', 'actual', text='text', source=self.source, text_align='center',
+                      text_baseline='middle', text_font_size='8pt', text_color='ink')
+        resend_on_ready(self.fig)
+
+    def show(self, matrix: np.ndarray, normalised: bool = False) -> None:
+        "Draw a matrix of counts; `normalised` colours and labels each cell by its share of the row."
+        matrix = np.asarray(matrix)
+        rows = matrix.sum(axis=1, keepdims=True)
+        share = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
+        value = share if normalised else matrix / max(1, matrix.max())
+        actual, predicted = np.indices(matrix.shape)
+        text = [f'{s:.0%}' if normalised else str(c) for c, s in zip(matrix.ravel(), share.ravel())]
+        self.source.data = {
+            'actual': [self.names[i] for i in actual.ravel()], 'predicted': [self.names[j] for j in predicted.ravel()],
+            'count': matrix.ravel().tolist(), 'share': share.ravel().tolist(), 'value': value.ravel().tolist(),
+            'text': [t if c else '' for t, c in zip(text, matrix.ravel())],
+            'ink': ['white' if v > 0.55 else '#333' for v in value.ravel()]}
+
+
+def most_confused(matrix: np.ndarray, vocab: list[str], n: int = 10) -> list[tuple[str, str, int]]:
+    "The `n` most frequent (actual, predicted, count) mistakes, like fastai's `most_confused`."
+    matrix = np.asarray(matrix).copy()
+    np.fill_diagonal(matrix, 0)
+    order = np.argsort(-matrix, axis=None, kind='stable')[:n]
+    pairs = [(vocab[i], vocab[j], int(matrix[i, j])) for i, j in zip(*np.unravel_index(order, matrix.shape))]
+    return [pair for pair in pairs if pair[2] > 0]

@@ -1,0 +1,140 @@
+"""`fastwatch export`: runs as a snapshot file, as TensorBoard event files, or as the CSV fastai's `CSVLogger` writes.
+
+TensorBoard files are written with the `tensorboard` package's own event writer and protobufs (no torch, no
+TensorFlow): `pip install fastwatch[export]`.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from fastcore.script import CliError
+from PIL import Image, ImageDraw, ImageFont
+
+from .commands import open_readonly
+from .outputs import check_new, writing
+from .schema import StoreError
+from .snapshot import write_snapshot
+from .store import Store
+
+BATCH_SCALARS = ('loss', 'smooth_loss', 'lr', 'mom')
+CELL = 28  # pixels per confusion-matrix cell
+
+
+def format_time(seconds: float) -> str:
+    "A duration as fastai's Recorder prints it: mm:ss, or h:mm:ss."
+    t = int(seconds)
+    h, m, s = t // 3600, t // 60 % 60, t % 60
+    return f'{h}:{m:02d}:{s:02d}' if h else f'{m:02d}:{s:02d}'
+
+
+def epochs_table(store: Store, run_id: str) -> tuple[list[str], list[list]]:
+    """The run's epochs as fastai's Recorder logs them: columns `epoch, train_loss, valid_loss, <metrics>, time`.
+    Epochs count on across the fits of one run, so both phases of `fine_tune` are there."""
+    rows = store.epochs(run_id)
+    metrics = list(dict.fromkeys(name for row in rows for name in row['metrics']))
+    table = [[row['epoch'], row['train_loss'], row['valid_loss'], *[row['metrics'].get(m) for m in metrics],
+              format_time(row['duration'])] for row in rows]
+    return ['epoch', 'train_loss', 'valid_loss', *metrics, 'time'], table
+
+
+def write_csv(store: Store, run_ids: Sequence[str], path: str | os.PathLike, force: bool = False) -> None:
+    "Write one run's epochs table to a CSV file, with the columns of fastai's `CSVLogger`."
+    if len(run_ids) != 1: raise CliError(f'csv export takes one run, not {len(run_ids)}')
+    columns, table = epochs_table(store, run_ids[0])
+    with writing(path, force) as tmp, open(tmp, 'w', newline='') as f:
+        writer = csv.writer(f, lineterminator='\n')
+        writer.writerow(columns)
+        writer.writerows(table)
+
+
+def confusion_png(matrix: np.ndarray, vocab: Sequence[str]) -> tuple[bytes, int, int]:
+    "A confusion matrix drawn as a PNG (rows actual, columns predicted, shaded by row share): bytes, width, height."
+    n = len(vocab)
+    font = ImageFont.load_default()
+    labels = [str(v) for v in vocab]
+    margin = 8 + max(int(font.getlength(label)) for label in labels)
+    size = margin + n * CELL + 4
+    image = Image.new('RGB', (size, size), 'white')
+    draw = ImageDraw.Draw(image)
+    share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    for i, label in enumerate(labels):
+        middle = margin + i * CELL + CELL // 2
+        draw.text((margin - 4, middle), label, fill='black', font=font, anchor='rm')
+        draw.text((middle, margin - 4), label, fill='black', font=font, anchor='mb')
+        for j in range(n):
+            shade = int(255 - 200 * share[i, j])
+            x, y = margin + j * CELL, margin + i * CELL
+            draw.rectangle((x, y, x + CELL - 1, y + CELL - 1), fill=(shade, shade, 255), outline=(220, 220, 220))
+            draw.text((x + CELL // 2, y + CELL // 2), str(matrix[i, j]), font=font, anchor='mm',
+                      fill='white' if shade < 140 else 'black')
+    out = io.BytesIO()
+    image.save(out, format='PNG')
+    return out.getvalue(), size, size
+
+
+def _write_events(store: Store, run_id: str, logdir: Path) -> None:
+    "One event file: batch scalars by global step; epoch scalars and the confusion matrix image by epoch."
+    try:
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    except ImportError:
+        raise CliError('--format tensorboard needs the tensorboard package: pip install "fastwatch[export]"') from None
+
+    def scalars(prefix: str, values: dict) -> Summary:
+        return Summary(value=[Summary.Value(tag=f'{prefix}/{name}', simple_value=value)
+                              for name, value in values.items() if isinstance(value, (int, float))])
+
+    writer = EventFileWriter(str(logdir))
+    try:
+        batches = store.batches(run_id)
+        for i, step in enumerate(batches['step']):
+            summary = scalars('batch', {name: batches[name][i] for name in BATCH_SCALARS})
+            writer.add_event(Event(wall_time=batches['time'][i], step=step, summary=summary))
+        for row in store.epochs(run_id):
+            values = {'train_loss': row['train_loss'], 'valid_loss': row['valid_loss'], **row['metrics']}
+            summary = scalars('epoch', values)
+            cm = store.confusion(run_id, row['epoch'])
+            if cm is not None:
+                png, width, height = confusion_png(cm['matrix'], cm['vocab'])
+                image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png)
+                summary.value.add(tag='confusion_matrix', image=image)
+            writer.add_event(Event(wall_time=row['time'], step=row['epoch'], summary=summary))
+    finally:
+        writer.close()
+
+
+def write_tensorboard(store: Store, run_ids: Sequence[str], logdir: str | os.PathLike, force: bool = False) -> None:
+    "Write TensorBoard event files into `logdir/<run id>/`, one directory per run (TensorBoard's runs)."
+    targets = [Path(logdir) / run_id for run_id in run_ids]
+    for target in targets: check_new(target, force, directory=True)  # before writing any of them
+    for run_id, target in zip(run_ids, targets):
+        with writing(target, force, directory=True) as tmp: _write_events(store, run_id, tmp)
+
+
+WRITERS = {'snapshot': write_snapshot, 'tensorboard': write_tensorboard, 'csv': write_csv}
+
+
+def export(*runs: str,  # Run ids (see `fastwatch ls`; default: every run in the store)
+           Output: str = None,  # The snapshot file, TensorBoard log directory or CSV file to write
+           format: str = 'snapshot',  # snapshot (a fastwatch store in one SQLite file), tensorboard or csv
+           store: str = None,  # Store path or URL (default: $FASTWATCH_STORE, then ./fastwatch.db)
+           force: bool = False,  # Replace an existing output
+           ) -> None:
+    "Export runs: a snapshot file to share or import, TensorBoard event files, or fastai's CSV epochs table."
+    if format not in WRITERS: raise CliError(f"unknown format {format!r}: use {', '.join(WRITERS)}")
+    if Output is None: raise CliError('give the output with -o')
+    source = open_readonly(store)
+    try:
+        runs = tuple(dict.fromkeys(runs)) or tuple(run['id'] for run in source.runs())
+        if not runs: raise CliError(f'{source.location} has no runs to export')
+        for run_id in runs: source.run(run_id)
+        WRITERS[format](source, runs, Output, force)
+    except StoreError as e: raise CliError(str(e)) from None
+    finally: source.close()
+    print(f"exported {', '.join(runs)} to {Output}")

@@ -1,0 +1,82 @@
+"""Helpers for the end-to-end tests and benchmarks: a real `fastwatch serve`, Debian's chromium driven by playwright."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+CHROMIUM = '/usr/bin/chromium'
+CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+                 '--disable-background-networking', '--disable-component-update', '--disable-sync']
+# Reads a number from the page's bokeh documents, where each chart's sources are named `<series>:<run id>`.
+POINTS_JS = """name => { for (const doc of (window.Bokeh ? Bokeh.documents : []))
+  for (const model of doc._all_models.values()) if (model.name && model.name.startsWith(name + ':'))
+    return model.data.x.length;
+  return -1; }"""
+TRAIN = """import sys
+from fastwatch import WatchCallback
+from fastwatch.digits import digits_dls, digits_learner
+learn = digits_learner(digits_dls(sys.argv[1]), cbs=WatchCallback(store=sys.argv[2], name=sys.argv[4]))
+with learn.no_bar(), learn.no_logging(): learn.fine_tune(int(sys.argv[3]), base_lr=1e-2)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def served(store: Path, cwd: Path, timeout: float = 60):
+    "`fastwatch serve` on a free port for the duration: yields its base URL."
+    port = free_port()
+    server = subprocess.Popen([sys.executable, '-c', 'from fastwatch.cli import main; main()', 'serve', '--store',
+                               str(store), '--port', str(port)], cwd=cwd, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(('127.0.0.1', port), timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f'fastwatch serve did not start: {server.stdout.read().decode()[-2000:]}')
+                time.sleep(0.2)
+        yield f'http://127.0.0.1:{port}/'
+    finally:
+        server.terminate()
+        server.wait(20)
+
+
+def train_in_background(digits: Path, store: Path, epochs: int, name: str = 'live') -> subprocess.Popen:
+    "Another process that fine_tunes the small CNN on the digits into `store`."
+    return subprocess.Popen([sys.executable, '-c', TRAIN, str(digits), str(store), str(epochs), name])
+
+
+def launch(playwright):
+    "Debian's chromium, headless."
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+def points(page, series: str = 'loss') -> int:
+    "How many points the page's bokeh document holds for a series of the shown run (-1: no such chart yet)."
+    return page.evaluate(POINTS_JS, series)
+
+
+def open_dashboard(page, url: str, timeout: float = 30) -> float:
+    "Open the dashboard and wait for a chart's canvas and its data: seconds it took."
+    started = time.perf_counter()
+    page.goto(url)
+    page.wait_for_selector('canvas', timeout=timeout * 1000)
+    page.wait_for_function(f'({POINTS_JS})("loss") > 0', timeout=timeout * 1000)
+    return time.perf_counter() - started
+
+
+def wait_for_points(page, count: int, series: str = 'loss', timeout: float = 10) -> None:
+    "Wait until the page's bokeh document holds `count` points of a series."
+    page.wait_for_function(f'({POINTS_JS})({series!r}) == {count}', timeout=timeout * 1000)

@@ -1,0 +1,101 @@
+"""End to end: a real `fastwatch serve`, Debian's chromium (playwright), and a training in another process."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from browser import CHROMIUM, launch, open_dashboard, points, served, train_in_background, wait_for_points
+from conftest import train
+from fastwatch import open_store
+from fastwatch.digits import digits_dls, digits_folder
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f'no chromium at {CHROMIUM} (.ci/run installs it)')
+HOSTILE = '<img src=x onerror=alert(1)>'
+
+
+@pytest.fixture(scope='module')
+def site(tmp_path_factory):
+    "A store holding a finished run with HTML in its run and class names, served by `fastwatch serve`."
+    folder = tmp_path_factory.mktemp('site')
+    names = [f'{HOSTILE}{i}' for i in range(10)]
+    train(digits_dls(digits_folder(folder / 'digits', per_class=30, class_names=names)), folder / 'store.db',
+          epochs=1, name=HOSTILE)
+    with served(folder / 'store.db', folder) as url:
+        yield {'url': url, 'store': folder / 'store.db', 'run_id': open_store(folder / 'store.db').runs()[0]['id']}
+
+
+@pytest.fixture(scope='module')
+def browser():
+    playwright = pytest.importorskip('playwright.sync_api').sync_playwright().start()
+    browser = launch(playwright)
+    yield browser
+    browser.close()
+    playwright.stop()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={'width': 1280, 'height': 900})
+    page = context.new_page()
+    page.dialogs = []
+    page.on('dialog', lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
+    yield page
+    context.close()
+
+
+def test_a_run_page_shows_charts_confusion_gallery_and_names_as_text(site, page):
+    open_dashboard(page, f"{site['url']}?run={site['run_id']}")
+    store = open_store(site['store'], readonly=True)
+    wait_for_points(page, store.counts(site['run_id'])['batches'])
+    assert page.evaluate('Bokeh.documents.some(d => [...d._all_models.values()].some('
+                         "m => m.text === 'Confusion matrix'))")
+    page.wait_for_selector('.fw-gallery img')
+    page.wait_for_function("[...document.querySelectorAll('.fw-gallery img')].every(i => i.complete)")
+    widths = page.eval_on_selector_all('.fw-gallery img', 'imgs => imgs.map(i => i.naturalWidth)')
+    assert len(widths) == len(store.top_losses(site['run_id'])) and min(widths) > 0
+    assert HOSTILE in page.inner_text('.fw-header')
+    assert page.locator('img[src="x"]').count() == 0 and page.dialogs == []
+    assert site['run_id'] in page.input_value('.fw-share-url')
+
+
+def test_the_loss_series_grows_while_another_process_trains(site, page, digits_path):
+    trainer = train_in_background(digits_path, site['store'], epochs=2)
+    store = open_store(site['store'], readonly=True)
+    while not [run for run in store.runs() if run['state'] == 'live']:
+        assert trainer.poll() is None, 'the training ended before it was seen'
+        time.sleep(0.1)
+    run_id = store.runs()[0]['id']
+    open_dashboard(page, f"{site['url']}?run={run_id}")
+    seen = [points(page)]
+    while trainer.poll() is None:
+        time.sleep(0.3)
+        seen.append(points(page))
+    assert trainer.returncode == 0
+    total = store.counts(run_id)['batches']
+    wait_for_points(page, total)
+    assert len(set(seen)) >= 3 and seen == sorted(seen)
+    page.wait_for_function("document.querySelector('.fw-header').innerText.includes('finished')", timeout=10_000)
+
+
+def test_a_phone_sees_stacked_charts_and_no_horizontal_scrolling(site, browser):
+    context = browser.new_context(viewport={'width': 390, 'height': 844}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    open_dashboard(page, f"{site['url']}?run={site['run_id']}")
+    page.wait_for_selector('.fw-gallery img')
+    boxes = page.eval_on_selector_all('canvas', 'cs => cs.map(c => c.getBoundingClientRect().toJSON())')
+    charts = {(round(box['left']), round(box['top']), round(box['right'])) for box in boxes if box['width'] > 100}
+    assert len(charts) >= 5 and all(right <= 390 for _, _, right in charts)
+    assert len({top for _, top, _ in charts}) == len(charts)  # one chart per row
+    tops = page.eval_on_selector_all('.fw-item', 'items => items.map(i => i.getBoundingClientRect().top)')
+    assert len(set(tops)) > 1  # the gallery wraps
+    assert page.evaluate('document.documentElement.scrollWidth') <= 390
+    context.close()
+
+
+def test_an_unknown_run_is_a_message_listing_the_runs(site, page):
+    page.goto(f"{site['url']}?run=nope")
+    page.wait_for_selector('.fw-message')
+    text = page.inner_text('.fw-message')
+    assert "no run 'nope'" in text and HOSTILE in text and 'Traceback' not in page.inner_text('body')
