@@ -40,7 +40,11 @@ def trained(dls, tmp_path_factory):
     learn = train(dls, path, epochs=2, name='digits', config={'purpose': 'tests'})
     from fastwatch import open_store
     store = open_store(path)
-    return {'path': path, 'store': store, 'run_id': store.runs()[0]['id'], 'learn': learn}
+    # What fastai's Recorder kept of the second fit, copied now: a later validate() or get_preds() resets it.
+    recorder = learn.recorder
+    recorded = {'values': [list(v) for v in recorder.values], 'losses': [float(l) for l in recorder.losses],
+                'lrs': list(recorder.lrs), 'metric_names': list(recorder.metric_names)}
+    return {'path': path, 'store': store, 'run_id': store.runs()[0]['id'], 'learn': learn, 'recorder': recorded}
 
 
 @pytest.fixture

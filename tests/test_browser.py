@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from browser import CHROMIUM, launch, open_dashboard, points, served, train_in_background, wait_for_points
+from browser import (CHROMIUM, kernels, launch, open_dashboard, points, served, train_in_background, wait_for_kernels,
+                     wait_for_points)
 from conftest import train
 from fastwatch import open_store
 from fastwatch.digits import digits_dls, digits_folder
@@ -77,6 +78,26 @@ def test_the_loss_series_grows_while_another_process_trains(site, page, digits_p
     wait_for_points(page, total)
     assert len(set(seen)) >= 3 and seen == sorted(seen)
     page.wait_for_function("document.querySelector('.fw-header').innerText.includes('finished')", timeout=10_000)
+
+
+def test_a_closed_page_shuts_its_small_kernel_down(site, browser, digits_path):
+    trainer = train_in_background(digits_path, site['store'], epochs=2, name='closed page')
+    store = open_store(site['store'], readonly=True)
+    while not [run for run in store.runs() if run['state'] == 'live']:
+        assert trainer.poll() is None, 'the training ended before it was seen'
+        time.sleep(0.1)
+    (viewer,) = wait_for_kernels(site['url'], 1)  # the preheated kernel, which the page takes
+    context = browser.new_context()
+    page = context.new_page()
+    open_dashboard(page, f"{site['url']}?run={store.runs()[0]['id']}")
+    wait_for_points(page, points(page) + 1)  # following the live run
+    assert kernels(site['url'])[viewer] < 150  # MB: the viewer's kernel, at its peak
+    page.close(run_before_unload=True)  # as a tab is closed
+    deadline = time.monotonic() + 5
+    while viewer in kernels(site['url']): assert time.monotonic() < deadline, 'the closed page kept its kernel'
+    assert len(wait_for_kernels(site['url'], 1)) == 1  # only the preheated one for the next page
+    context.close()
+    assert trainer.wait(120) == 0
 
 
 def test_a_phone_sees_stacked_charts_and_no_horizontal_scrolling(site, browser):

@@ -139,6 +139,15 @@ def test_follow_stops_when_nothing_is_left_and_after_its_lifetime():
     assert len(calls) == 3 and reasons[:2] == ['ended', 'lifetime'] and reasons[2].startswith('error: ZeroDivision')
 
 
+def test_the_live_loop_stops_itself_when_the_run_has_ended_and_nothing_is_new(view):
+    async def started() -> asyncio.Task:
+        view.start()
+        task = view.task
+        await asyncio.wait_for(task, 5)
+        return task
+    assert asyncio.run(started()).done() and view.task is None and view.note.value == ''
+
+
 def test_names_from_the_store_are_shown_escaped(hostile):
     view = Dashboard(hostile)
     html = view.header.value + view.gallery.value + view.pairs.value

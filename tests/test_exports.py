@@ -60,11 +60,11 @@ def test_csv_has_fastais_columns_and_every_epoch(trained, tmp_path):
     out = tmp_path / 'history.csv'
     assert export(trained, '--format', 'csv', '-o', str(out)) == 0
     header, *rows = list(csv.reader(out.open()))
-    assert header == list(trained['learn'].recorder.metric_names)  # what CSVLogger writes: epoch ... time
+    assert header == trained['recorder']['metric_names']  # what CSVLogger writes: epoch ... time
     epochs = trained['store'].epochs(trained['run_id'])
     assert [int(r[0]) for r in rows] == [e['epoch'] for e in epochs]
     # fastai's Recorder keeps the last fit: the last rows match its values
-    recorded = np.array(trained['learn'].recorder.values)
+    recorded = np.array(trained['recorder']['values'])
     np.testing.assert_allclose(np.array([[float(v) for v in r[1:-1]] for r in rows])[-len(recorded):], recorded,
                                rtol=1e-6)
     assert all(len(r[-1].split(':')) == 2 for r in rows)  # mm:ss, as fastai prints time
