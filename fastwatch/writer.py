@@ -111,6 +111,7 @@ class Writer:
             try:
                 self._drain()
                 self._beat()
+                if self.failing: self._bound_buffer()
                 if time.monotonic() >= self._retry_at: self._write()
             except Exception as e:  # a bug here must not end the thread that keeps the buffer
                 warnings.warn(f'fastwatch: writer error: {type(e).__name__}: {e}', RuntimeWarning)
@@ -187,6 +188,7 @@ class Writer:
         self._drain()
 
     def _bound_buffer(self) -> None:
+        "While the store fails, keep at most `max_buffered` batch rows: the newest."
         excess = len(self._rows['batches']) - self.max_buffered
         if excess <= 0: return
         for row in self._rows['batches'][:excess]: self._lost[row[0]] += 1
@@ -194,7 +196,6 @@ class Writer:
 
     def _write(self) -> None:
         if self._rows or self._updates:
-            self._bound_buffer()
             for run_id, lost in self._lost.items(): self._updates[run_id]['lost_rows'] = lost
             try:
                 if self._store is None: self._store = open_store(self.url)
