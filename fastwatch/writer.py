@@ -26,7 +26,7 @@ Probe = Callable[[], 'tuple[str, str | None] | None']
 
 def _number(value) -> float | None:
     "A float from a Python number or a one-element tensor (converted here, off the training thread)."
-    return None if value is None else float(value)
+    return value if value is None or type(value) is float else float(value)
 
 
 def exit_outcome(exc: BaseException | None, unknown: tuple[str, str]) -> tuple[str, str]:
@@ -130,7 +130,11 @@ class Writer:
         run_id, step, epoch, fit, frozen, loss, smooth_loss, lr, mom, wall = values
         row = (run_id, step, epoch, fit, frozen, _number(loss), _number(smooth_loss), _number(lr), _number(mom), wall)
         self._rows['batches'].append(row)
-        self._add_to_block(run_id, 0, step // schema.BLOCK_STEPS, row, step)
+        block, current = step // schema.BLOCK_STEPS, self._blocks.get(run_id, {}).get(0)
+        if current is not None and current[0] == block:  # the common case, kept short: one row per batch
+            current[1].append(row)
+            current[2].append(step)
+        else: self._add_to_block(run_id, 0, block, row, step)
 
     def _add_to_block(self, run_id: str, level: int, block: int, point, last_step: int) -> None:
         "Add a batch row (level 0) or a closed block's summary (the levels above) to the open block of its level."
