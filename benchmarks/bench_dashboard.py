@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
+import os
 import signal
 import subprocess
 import sys
@@ -25,7 +25,7 @@ import numpy as np
 from playwright.sync_api import sync_playwright
 
 sys.path.insert(0, str(Path(__file__).parents[1] / 'tests'))
-from browser import POINTS_JS, free_port, launch, open_dashboard, points, served  # noqa: E402
+from browser import POINTS_JS, free_port, kernels, launch, open_dashboard, served  # noqa: E402
 
 from fastwatch import open_store  # noqa: E402
 from fastwatch.writer import Writer  # noqa: E402
@@ -51,49 +51,43 @@ def record_run(store: Path, steps: int, status: str = 'finished') -> str:
     return run_id
 
 
-def kernel_memory_mb(port: int) -> list[float]:
-    "Peak resident memory (VmHWM) of the kernels of the server on `port`: a viewer's, and the preheated one waiting."
-    found = []
-    for proc in Path('/proc').iterdir():
-        try:
-            if not proc.name.isdigit() or b'ipykernel' not in (proc / 'cmdline').read_bytes(): continue
-            status = (proc / 'status').read_text()
-            parent = (Path('/proc') / re.search(r'PPid:\s+(\d+)', status)[1] / 'cmdline').read_bytes()
-        except OSError: continue
-        if str(port).encode() in parent: found.append(int(re.search(r'VmHWM:\s+(\d+)', status)[1]) / 1024)
-    return found
-
-
-def first_render(browser, url: str, repeats: int = 3) -> list[float]:
-    "Seconds from opening the URL to the charts drawn with data, each visit on a fresh page (a fresh kernel)."
-    times = []
+def first_render(browser, url: str, repeats: int = 3) -> tuple[list[float], list[float]]:
+    """Seconds from opening the URL to the charts drawn with data, each visit with a fresh kernel: a first visit
+    (empty browser cache) and a second one in the same browser (cached BokehJS and Voila scripts)."""
+    cold, warm = [], []
     for _ in range(repeats):
-        time.sleep(6)  # let Voila refill its pool of preheated kernels, as between two visitors
-        page = browser.new_page()
-        times.append(open_dashboard(page, url, timeout=60))
-        page.close(run_before_unload=True)  # as a closed tab: Voila shuts the kernel down
-    return times
+        context = browser.new_context()
+        for times in (cold, warm):
+            time.sleep(6)  # let Voila refill its pool of preheated kernels, as between two visitors
+            page = context.new_page()
+            times.append(open_dashboard(page, url, timeout=60))
+            page.close(run_before_unload=True)  # as a closed tab: Voila shuts the kernel down
+        context.close()
+    return cold, warm
 
 
 def page_weight(browser, url: str) -> tuple[int, int, list[float]]:
     """Bytes transferred over HTTP (as sent: compressed, with headers) and received over the kernel WebSocket,
     and the memory of the server's kernels while the page is open."""
-    page, http, ws = browser.new_page(), [], []
+    context = browser.new_context()
+    page, http, ws = context.new_page(), [], []
     page.on('requestfinished', lambda r: http.append(r.sizes()['responseBodySize'] + r.sizes()['responseHeadersSize']))
     page.on('websocket', lambda w: w.on('framereceived', lambda f: ws.append(len(f))))
     time.sleep(6)
     open_dashboard(page, url)
     page.wait_for_load_state('networkidle')
     time.sleep(1)
-    memory = kernel_memory_mb(int(url.rsplit(':', 1)[1].split('/')[0]))
-    page.close()
+    memory = list(kernels(url).values())
+    page.close(run_before_unload=True)
+    context.close()
     return sum(http), sum(ws), memory
 
 
 def live_latency(browser, url: str, store: Path, rows: int = 60, every: float = 0.2) -> list[float]:
     "Seconds from a batch row's commit to its point in the page's bokeh document, one row every `every` s."
     writer_store, run_id = open_store(store), record_run(store, 10, status='running')
-    page = browser.new_page()
+    context = browser.new_context()
+    page = context.new_page()
     time.sleep(6)
     open_dashboard(page, f'{url}?run={run_id}')
     page.evaluate(f"""() => {{ window.seenAt = {{}}; setInterval(() => {{
@@ -109,7 +103,8 @@ def live_latency(browser, url: str, store: Path, rows: int = 60, every: float = 
     time.sleep(2)
     seen = {int(n): t for n, t in page.evaluate('window.seenAt').items()}
     writer_store.write({}, {run_id: {'status': 'finished'}})
-    page.close()
+    page.close(run_before_unload=True)
+    context.close()
     return [seen[n] - t for n, t in committed.items() if n in seen]
 
 
@@ -124,13 +119,14 @@ def screenshots(browser, out: Path, port: int) -> None:
             while store is None or not store.runs() or len(store.epochs(store.runs()[0]['id'])) < 2:
                 time.sleep(1)
                 if Path(f'{tmp}/demo.db').exists(): store = open_store(f'{tmp}/demo.db', readonly=True)
-            for name, viewport in (('desktop', {'width': 1280, 'height': 1100}),
+            for name, viewport in (('desktop', {'width': 1280, 'height': 1800}),
                                    ('phone', {'width': 390, 'height': 844})):
                 page = browser.new_page(viewport=viewport, device_scale_factor=2 if name == 'phone' else 1)
                 open_dashboard(page, f'http://127.0.0.1:{port}/')
                 page.wait_for_selector('.fw-gallery img')
                 time.sleep(2)
-                page.screenshot(path=str(out / f'dashboard-{name}.png'))
+                assert page.evaluate('document.documentElement.scrollWidth') <= viewport['width'], 'overflows'
+                page.screenshot(path=str(out / f'dashboard-{name}.png'), full_page=name == 'desktop')
                 page.close()
         finally:
             demo.send_signal(signal.SIGINT)  # Ctrl-C: the demo stops its dashboard server too
@@ -151,15 +147,18 @@ def main() -> None:
         print(f'recorded a 1,000,000-step run in {time.perf_counter() - started:.0f} s')
         with served(store, Path(tmp)) as url:
             for steps, run_id in (('1,000', small), ('1,000,000', large)):
-                times = first_render(browser, f'{url}?run={run_id}')
-                print(f'first render, {steps} steps: median {np.median(times):.2f} s (runs: '
-                      + ', '.join(f'{t:.2f}' for t in times) + ')')
+                for visit, times in zip(('first visit', 'second visit'), first_render(browser, f'{url}?run={run_id}')):
+                    print(f'first render, {steps} steps, {visit}: median {np.median(times):.2f} s (runs: '
+                          + ', '.join(f'{t:.2f}' for t in times) + ')')
             http, ws, memory = page_weight(browser, f'{url}?run={large}')
             print(f'page weight: {(http + ws) / 1e6:.2f} MB ({http / 1e6:.2f} MB HTTP, {ws / 1e6:.2f} MB WebSocket)')
             print('kernel memory (peak RSS): ' + ', '.join(f'{m:.0f} MB' for m in sorted(memory)))
             latencies = live_latency(browser, url, store)
             print(f'live latency over {len(latencies)} rows: median {np.median(latencies):.2f} s, '
                   f'p95 {np.percentile(latencies, 95):.2f} s, max {max(latencies):.2f} s')
+            time.sleep(5)
+            print(f'kernels left with every page closed: {len(kernels(url))} (the preheated one: 1)')
+        print(f'load average: {" ".join(f"{x:.1f}" for x in os.getloadavg())}')
         browser.close()
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import html
+import json
 import os
+import threading
 import time
 from collections.abc import Mapping
 
@@ -62,15 +64,34 @@ def _control_layout() -> widgets.Layout:
 
 
 def load_bokehjs() -> None:
-    "Put this installation's BokehJS in the page (inline: no CDN, no internet), once, before any chart."
+    """Put this installation's BokehJS in the page (inline: no CDN, no internet), once, before any chart; unless the
+    page loads it itself (`fastwatch serve` says so in FASTWATCH_BOKEHJS)."""
+    if os.environ.get('FASTWATCH_BOKEHJS') == 'page': return
     display(HTML(f"<script type='text/javascript'>{Resources(mode='inline', components=['bokeh']).js_raw[0]}</script>"))
+
+
+def _request_info(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The page's request (its query string, host, ...) as Voila sends it to the preheated kernel a page takes:
+    `voila.utils.wait_for_request` without importing voila, which brings the Jupyter server (40 MB) into the kernel."""
+    from tornado.websocket import websocket_connect  # tornado is loaded in a kernel already
+    base = environ.get('VOILA_WS_BASE_URL') or environ.get('VOILA_SERVER_URL', '/')
+    url = (f"{environ.get('VOILA_WS_PROTOCOL', 'ws')}://{environ.get('VOILA_APP_IP', '127.0.0.1')}:"
+           f"{environ.get('VOILA_APP_PORT', '8866')}{base}voila/query/{environ['VOILA_KERNEL_ID']}")
+
+    async def receive() -> str | None:
+        connection = await websocket_connect(url, connect_timeout=5)
+        try: return await connection.read_message()
+        finally: connection.close()
+    found = {}  # the kernel's own event loop is running: wait on another, in a thread, as voila does
+    thread = threading.Thread(target=lambda: found.update(json.loads(asyncio.run(receive()) or '{}')))
+    thread.start()
+    thread.join()
+    return found
 
 
 def page_query() -> str:
     "The page's query string. A preheated Voila kernel waits here for the page's request."
-    if os.environ.get('VOILA_PREHEAT') == 'True':
-        from voila.utils import wait_for_request  # only preheated kernels need voila's (heavier) helpers
-        wait_for_request()
+    if os.environ.get('VOILA_PREHEAT') == 'True': os.environ.update(_request_info())
     return os.environ.get('QUERY_STRING', '')
 
 

@@ -14,19 +14,28 @@ import sys
 import time
 from pathlib import Path
 
+from bokeh.util.paths import bokehjs_path
 from fastcore.script import CliError
+from jupyter_server.utils import url_path_join
+from tornado.ioloop import PeriodicCallback
+from tornado.web import StaticFileHandler
+from traitlets import Float
 from voila.app import Voila
 
 from .schema import StoreError
 from .store import open_store, store_url
 
 APP = Path(__file__).parent / 'app' / 'dashboard.ipynb'
+BOKEHJS = bokehjs_path()  # BokehJS's own files: js/bokeh.min.js
 LOOPBACK = ('127.0.0.1', 'localhost', '::1')
 IDLE_KERNEL_SECONDS = 1800  # Voila culls a viewer's kernel idle this long (once its live loop has stopped)
 
 
 class DashboardServer(Voila):
-    "Voila, compressing what it sends (the page weighs a third), and accepting the shutdown of closed pages' kernels."
+    """Voila, compressing what it sends (the page weighs a third), shutting the kernels of closed and abandoned
+    pages down, and rendering the page with `app/index.html.j2`, whose BokehJS comes from `/fastwatch/static/`."""
+
+    orphan_timeout = Float(60, config=True, help='seconds a viewer kernel may stay idle with no page connected')
 
     def init_settings(self) -> dict:
         settings = super().init_settings()
@@ -35,11 +44,35 @@ class DashboardServer(Voila):
         settings.update(compress_response=True, websocket_compression_options={}, disable_check_xsrf=True)
         return settings
 
+    def setup_template_dirs(self) -> None:
+        super().setup_template_dirs()
+        self.template_paths.insert(0, str(APP.parent))  # its index.html.j2 extends Voila's lab template
+
+    def init_handlers(self) -> list:
+        return [(url_path_join(self.server_url, r'/fastwatch/static/(.*)'), StaticFileHandler,
+                 {'path': BOKEHJS}), *super().init_handlers()]
+
+    def listen(self) -> None:
+        self._alone_since: dict[str, float] = {}
+        PeriodicCallback(self._shut_abandoned_kernels_down, 1000).start()
+        super().listen()
+
+    async def _shut_abandoned_kernels_down(self) -> None:
+        """Shut down the kernels of pages that went away without closing (a browser that crashed, a phone that lost
+        its network): idle, with no page connected, for `orphan_timeout` s. Preheated kernels are busy waiting
+        for a page, and a page's kernel is busy until its page is rendered."""
+        manager, now = self.kernel_manager, time.monotonic()
+        models = [manager.kernel_model(kernel_id) for kernel_id in manager.list_kernel_ids()]
+        self._alone_since = {m['id']: self._alone_since.get(m['id'], now) for m in models
+                             if not m['connections'] and m['execution_state'] == 'idle'}
+        for kernel_id, since in list(self._alone_since.items()):
+            if now - since > self.orphan_timeout: await manager.shutdown_kernel(kernel_id)
 
 def voila_argv(port: int, host: str, token: str) -> list[str]:
     "Voila's command line for the dashboard: preheated kernels (the page is ready sooner), idle ones culled."
     return [str(APP), '--no-browser', f'--port={port}', f'--Voila.ip={host}', f'--token={token}',
             '--preheat_kernel=True', '--pool_size=1', '--Voila.log_level=WARN',
+            '--VoilaConfiguration.extension_denylist=jupyterlab_pygments',  # code highlighting: no code is shown
             f'--MappingKernelManager.cull_idle_timeout={IDLE_KERNEL_SECONDS}',
             '--MappingKernelManager.cull_interval=60']
 
@@ -74,8 +107,9 @@ def serve(store: str = None,  # store path or URL (default: $FASTWATCH_STORE, th
     location = _location(store)
     _check_port(host, port)
     secret = secrets.token_urlsafe(16) if token or host not in LOOPBACK else ''
-    # The viewers' kernels inherit these: the store to show, and the folder whose stores `?store=` may open.
-    os.environ.update(FASTWATCH_STORE=location, FASTWATCH_ROOT=os.getcwd())
+    # The viewers' kernels inherit these: the store to show, the folder whose stores `?store=` may open, and that
+    # the page loads BokehJS itself.
+    os.environ.update(FASTWATCH_STORE=location, FASTWATCH_ROOT=os.getcwd(), FASTWATCH_BOKEHJS='page')
     print(f'fastwatch dashboard of {location}\n  open {dashboard_url(host, port, secret)}', flush=True)
     DashboardServer.launch_instance(argv=voila_argv(port, host, secret))
 

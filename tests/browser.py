@@ -1,6 +1,8 @@
 """Helpers for the end-to-end tests and benchmarks: a real `fastwatch serve`, Debian's chromium driven by playwright."""
 from __future__ import annotations
 
+import json
+import os
 import re
 import socket
 import subprocess
@@ -32,11 +34,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def served(store: Path, cwd: Path, timeout: float = 60):
-    "`fastwatch serve` on a free port for the duration: yields its base URL."
+def served(store: Path, cwd: Path, timeout: float = 60, config: dict | None = None):
+    "`fastwatch serve` on a free port for the duration, with Voila `config` (`{class: {trait: value}}`): its URL."
     port = free_port()
+    env = dict(os.environ)
+    if config:  # read by the server from its voila.json
+        (cwd / 'jupyter-config').mkdir(exist_ok=True)
+        (cwd / 'jupyter-config' / 'voila.json').write_text(json.dumps(config))
+        env['JUPYTER_CONFIG_DIR'] = str(cwd / 'jupyter-config')
     server = subprocess.Popen([sys.executable, '-c', 'from fastwatch.cli import main; main()', 'serve', '--store',
-                               str(store), '--port', str(port)], cwd=cwd, stdout=subprocess.PIPE,
+                               str(store), '--port', str(port)], cwd=cwd, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + timeout

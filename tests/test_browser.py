@@ -14,6 +14,7 @@ from fastwatch.digits import digits_dls, digits_folder
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f'no chromium at {CHROMIUM} (.ci/run installs it)')
 HOSTILE = '<img src=x onerror=alert(1)>'
+ORPHAN_SECONDS = 5  # the server shuts down a kernel idle with no page connected this long (default 60)
 
 
 @pytest.fixture(scope='module')
@@ -23,7 +24,7 @@ def site(tmp_path_factory):
     names = [f'{HOSTILE}{i}' for i in range(10)]
     train(digits_dls(digits_folder(folder / 'digits', per_class=30, class_names=names)), folder / 'store.db',
           epochs=1, name=HOSTILE)
-    with served(folder / 'store.db', folder) as url:
+    with served(folder / 'store.db', folder, config={'DashboardServer': {'orphan_timeout': ORPHAN_SECONDS}}) as url:
         yield {'url': url, 'store': folder / 'store.db', 'run_id': open_store(folder / 'store.db').runs()[0]['id']}
 
 
@@ -81,16 +82,15 @@ def test_the_loss_series_grows_while_another_process_trains(site, page, digits_p
 
 
 def test_a_closed_page_shuts_its_small_kernel_down(site, browser, digits_path):
-    trainer = train_in_background(digits_path, site['store'], epochs=2, name='closed page')
+    trainer = train_in_background(digits_path, site['store'], epochs=3, name='closed page')
     store = open_store(site['store'], readonly=True)
     while not [run for run in store.runs() if run['state'] == 'live']:
         assert trainer.poll() is None, 'the training ended before it was seen'
         time.sleep(0.1)
-    (viewer,) = wait_for_kernels(site['url'], 1)  # the preheated kernel, which the page takes
+    (viewer,) = wait_for_kernels(site['url'], 1, timeout=ORPHAN_SECONDS + 20)  # the preheated one: the page's
     context = browser.new_context()
     page = context.new_page()
-    open_dashboard(page, f"{site['url']}?run={store.runs()[0]['id']}")
-    wait_for_points(page, points(page) + 1)  # following the live run
+    open_dashboard(page, f"{site['url']}?run={store.runs()[0]['id']}")  # its kernel follows the live run
     assert kernels(site['url'])[viewer] < 150  # MB: the viewer's kernel, at its peak
     page.close(run_before_unload=True)  # as a tab is closed
     deadline = time.monotonic() + 5
@@ -98,6 +98,15 @@ def test_a_closed_page_shuts_its_small_kernel_down(site, browser, digits_path):
     assert len(wait_for_kernels(site['url'], 1)) == 1  # only the preheated one for the next page
     context.close()
     assert trainer.wait(120) == 0
+
+
+def test_an_abandoned_page_loses_its_kernel(site, browser):
+    (viewer,) = wait_for_kernels(site['url'], 1, timeout=ORPHAN_SECONDS + 20)
+    context = browser.new_context()
+    open_dashboard(context.new_page(), f"{site['url']}?run={site['run_id']}")
+    context.close()  # gone without a word (no beforeunload): a crashed browser, a phone out of network
+    deadline = time.monotonic() + ORPHAN_SECONDS + 5
+    while viewer in kernels(site['url']): assert time.monotonic() < deadline, 'the abandoned page kept its kernel'
 
 
 def test_a_phone_sees_stacked_charts_and_no_horizontal_scrolling(site, browser):
