@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 from fastai.callback.progress import CSVLogger
 from fastai.callback.tensorboard import TensorBoardCallback
+from fastai.data.core import DataLoaders
 from fastai.interpret import ClassificationInterpretation
+from fastai.vision.all import CrossEntropyLossFlat, Learner, error_rate, nn, params
 
 from fastwatch import WatchCallback
 from fastwatch.digits import digits_dls, digits_folder, digits_learner
@@ -40,8 +42,36 @@ class TimedWatchCallback(WatchCallback):
 def pct(x: float) -> str: return f'{100 * x:+.2f}%'
 
 
+def spent_by_kind(spent: dict[str, float]) -> dict[str, float]:
+    "The callback's time grouped: the per-batch training path, the validation pass, fit start and end."
+    kinds = {'training batches (after_batch train + other batch events)': 0.0,
+             'validation (collect, confusion, top losses)': 0.0, 'fit start and end (run record, final flush)': 0.0}
+    names = list(kinds)
+    for event, seconds in spent.items():
+        kind = (names[1] if event in ('before_validate', 'after_batch valid', 'after_validate')
+                else names[2] if event in ('before_fit', 'after_fit', 'before_train', 'after_create')
+                else names[0])
+        kinds[kind] += seconds
+    return kinds
+
+
+def tensor_dls(bs: int = 64) -> DataLoaders:
+    "The digits as in-memory tensors (64 pixels each): no image decoding, so a step of a small MLP takes ~1 ms."
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    x, y = torch.tensor(digits.data, dtype=torch.float32) / 16, torch.tensor(digits.target)
+    items = list(zip(x, y))
+    return DataLoaders.from_dsets(items[:1440], items[1440:], bs=bs, num_workers=0)
+
+
+def mlp_learner(dls: DataLoaders, cbs) -> Learner:
+    model = nn.Sequential(nn.Sequential(nn.Linear(64, 128), nn.ReLU()), nn.Linear(128, 10))
+    return Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=error_rate, cbs=cbs,
+                   splitter=lambda m: [params(m[0]), params(m[1])])
+
+
 def run_case(dls, arch: str, make_cbs, epochs: int) -> tuple[float, float, list]:
-    learn = digits_learner(dls, arch=arch, cbs=make_cbs())
+    learn = mlp_learner(dls, make_cbs()) if arch == 'mlp' else digits_learner(dls, arch=arch, cbs=make_cbs())
     wall, cpu = time.perf_counter(), time.process_time()
     with learn.no_bar(), learn.no_logging(): learn.fine_tune(epochs)
     return time.perf_counter() - wall, time.process_time() - cpu, learn
@@ -53,19 +83,22 @@ def bench_overhead(dls, arch: str, rounds: int, epochs: int, work: Path) -> None
         'none (A/A)': lambda: [],
         'WatchCallback': lambda: [TimedWatchCallback(store=work / f'{arch}.db')],
         'CSVLogger': lambda: [CSVLogger(fname=str(work / 'history.csv'))],
-        'TensorBoardCallback': lambda: [TensorBoardCallback(log_dir=str(work / 'tb'), trace_model=False)],
+        'TensorBoardCallback': lambda: [TensorBoardCallback(log_dir=str(work / 'tb'), trace_model=False,
+                                                         log_preds=arch != 'mlp')],  # fastai logs image preds only
     }
     wall = {name: [] for name in cases}
     cpu = {name: [] for name in cases}
-    callback_time, steps = 0.0, 0
+    spent, steps = {}, 0
     run_case(dls, arch, lambda: [], 1)  # warm-up
     for _ in range(rounds):
         for name, make in cases.items():
             seconds, cpu_seconds, learn = run_case(dls, arch, make, epochs)
             wall[name].append(seconds); cpu[name].append(cpu_seconds)
             if name == 'WatchCallback':
-                callback_time += sum(next(cb for cb in learn.cbs if isinstance(cb, TimedWatchCallback)).spent.values())
+                watch = next(cb for cb in learn.cbs if isinstance(cb, TimedWatchCallback))
+                for event, seconds in watch.spent.items(): spent[event] = spent.get(event, 0.0) + seconds
                 steps += (epochs + 1) * (len(dls.train) + len(dls.valid))
+    callback_time = sum(spent.values())
     base = wall['none']
     floor = statistics.median((a - b) / b for a, b in zip(wall['none (A/A)'], base))
     print(f'\n## fine_tune({epochs}) of {arch} on digits: {rounds} interleaved rounds '
@@ -77,10 +110,11 @@ def bench_overhead(dls, arch: str, rounds: int, epochs: int, work: Path) -> None
         shown = pct(diff) if abs(diff) > abs(floor) or name == 'none' else 'below noise'
         print(f'{name:<22}{min(wall[name]):>8.3f}{statistics.median(wall[name]):>10.3f}{shown:>14}{pct(cpu_diff):>12}')
     print(f'noise floor (A/A median paired difference): {pct(floor)}')
-    per_step = callback_time / steps
-    print(f'WatchCallback in the training thread: {1e6 * per_step:.1f} us per batch, '
-          f'{100 * per_step / (statistics.median(base) / ((epochs + 1) * (len(dls.train) + len(dls.valid)))):.2f}% '
-          'of the mean batch time')
+    batch_time = statistics.median(base) / steps * rounds
+    print(f'WatchCallback in the training thread: {1e6 * callback_time / steps:.1f} us per batch on average '
+          f'= {100 * callback_time / steps / batch_time:.2f}% of the mean batch time; by kind of work:')
+    for kind, share in spent_by_kind(spent).items():
+        print(f'  {kind:<44}{1e6 * share / steps:>8.1f} us per batch')
 
 
 def bench_validation(dls, work: Path, rounds: int) -> None:
@@ -111,15 +145,15 @@ def bench_validation(dls, work: Path, rounds: int) -> None:
           f'{1000 * interp_time:.1f} ms = {interp_time / plain_pass:.1f}x a plain pass')
 
 
-def main(rounds: int = 10, epochs: int = 2, archs: tuple = ('cnn', 'resnet18')) -> None:
+def main(rounds: int = 10, epochs: int = 2, archs: tuple = ('mlp', 'cnn', 'resnet18')) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 2)))
     print(f'machine: {os.cpu_count()} cores, torch {torch.__version__}, device cpu')
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         path = digits_folder(work / 'digits')
         for arch in archs:
-            size = 16 if arch == 'cnn' else 32
-            bench_overhead(digits_dls(path, size=size), arch, rounds, epochs, work)
+            dls = tensor_dls() if arch == 'mlp' else digits_dls(path, size=16 if arch == 'cnn' else 32)
+            bench_overhead(dls, arch, rounds, epochs, work)
         bench_validation(digits_dls(path), work, rounds)
 
 
@@ -127,6 +161,6 @@ if __name__ == '__main__':
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--rounds', type=int, default=10)
     parser.add_argument('--epochs', type=int, default=2)
-    parser.add_argument('--arch', action='append', choices=['cnn', 'resnet18'])
+    parser.add_argument('--arch', action='append', choices=['mlp', 'cnn', 'resnet18'])
     args = parser.parse_args()
-    main(args.rounds, args.epochs, tuple(args.arch or ('cnn', 'resnet18')))
+    main(args.rounds, args.epochs, tuple(args.arch or ('mlp', 'cnn', 'resnet18')))

@@ -12,6 +12,7 @@ import warnings
 
 import fastai
 import torch
+from fastcore.foundation import L
 from fastai.callback.core import Callback
 from fastai.learner import Learner, Recorder
 from fastai.torch_core import rank_distrib
@@ -38,6 +39,14 @@ def _caller_frame(name: str, learn: Learner):
         if frame.f_code.co_name == name and frame.f_locals.get('self') is learn: return frame
         frame = frame.f_back
     return None
+
+
+def class_names(dls) -> list[str] | None:
+    "The class names, as ClassificationInterpretation finds them: `dls.vocab`, or its last part for text data."
+    vocab = getattr(dls, 'vocab', None)
+    if vocab is None or not len(vocab): return None
+    if isinstance(vocab, (list, tuple, L)) and not isinstance(vocab[-1], str): vocab = vocab[-1]
+    return [str(v) for v in vocab]
 
 
 def _plain(value):
@@ -75,7 +84,7 @@ class WatchCallback(Callback):
         if self.disabled: return
         try: return super().__call__(event_name)
         except Exception as e:
-            self.disabled, error = True, f'{type(e).__name__}: {e}'.splitlines()[0]
+            self.disabled, error = True, ' '.join(f'{type(e).__name__}: {e}'.split())[:500]
             warnings.warn(f'fastwatch: recording stopped after an error in {event_name}: {error}. Training goes on.',
                           RuntimeWarning)
             if self.run_id is not None: self.writer.end_run(self.run_id, 'failed', f'fastwatch stopped: {error}')
@@ -149,12 +158,11 @@ class WatchCallback(Callback):
         self.fits, self.info = [], self._info()
         now = time.time()
         dls = self.learn.dls
-        vocab = getattr(dls, 'vocab', None)
+        self.class_names = class_names(dls)
         run = {'id': self.run_id, 'name': self.run_name, 'status': 'running', 'error': None, 'created_at': now,
                'updated_at': now, 'heartbeat': now, 'info': json.dumps(self.info),
                'config': json.dumps(self.config, default=str), 'lost_rows': 0,
-               'vocab': json.dumps([str(v) for v in vocab]) if vocab is not None and not isinstance(vocab[0], list)
-               else None}
+               'vocab': None if self.class_names is None else json.dumps(self.class_names)}
         self.writer.start_run(run, probe=self._probe)
         print(f'fastwatch: recording run {self.run_id} into {self.writer.location} - watch it: fastwatch serve '
               f'--store {self.writer.location}, then open {local_url(DEFAULT_URL, self.run_id)}')
@@ -186,10 +194,10 @@ class WatchCallback(Callback):
         self.writer.update_run(self.run_id, info=json.dumps(self.info))
 
     def _record_validation(self, result: dict) -> None:
-        top, epoch, run_id, dl, vocab = result['top'], self.global_epoch, self.run_id, self.learn.dl, self.dls.vocab
+        top, epoch, run_id, dl = result['top'], self.global_epoch, self.run_id, self.learn.dl
         self.writer.add_rows('confusion', [{'run_id': run_id, 'epoch': epoch, 'n_classes': len(result['matrix']),
                                             'counts': pack_confusion(result['matrix'])}])
-        names = [str(v) for v in vocab] if len(vocab) == len(result['matrix']) else None
+        names = self.class_names if self.class_names and len(self.class_names) == len(result['matrix']) else None
         try: inputs = decoded_inputs(dl, [t['index'] for t in top])
         except Exception: inputs = [None] * len(top)  # items that cannot be reloaded keep their names only
         size, root = self.thumb_size, getattr(self.dls, 'path', None)

@@ -201,7 +201,8 @@ class Store:
         if not rows: return None
         n = rows[0].n_classes
         matrix = np.frombuffer(zlib.decompress(rows[0].counts), dtype='<u4').reshape(n, n).astype(np.int64)
-        vocab = self.run(run_id)['vocab'] or [str(i) for i in range(n)]
+        vocab = self.run(run_id)['vocab']
+        if not vocab or len(vocab) != n: vocab = [str(i) for i in range(n)]
         return {'epoch': epoch, 'vocab': vocab, 'matrix': matrix}
 
     def top_losses(self, run_id: str, epoch: int = -1) -> list[dict]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -180,3 +181,24 @@ def test_export_keeps_working(trained, tmp_path):
                                              ({'config': [1, 2]}, 'config must be a dict')])
 def test_bad_arguments_are_one_clear_error(kwargs, message):
     with pytest.raises(ValueError, match=message): WatchCallback(**kwargs)
+
+
+def test_plain_tensor_data_without_vocab_records_confusion_and_text_items(tmp_path):
+    from fastai.data.core import DataLoaders
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    items = list(zip(torch.tensor(digits.data, dtype=torch.float32) / 16, torch.tensor(digits.target)))
+    dls = DataLoaders.from_dsets(items[:1400], items[1400:], bs=64, num_workers=0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    learn = Learner(dls, model, loss_func=torch.nn.CrossEntropyLoss(), cbs=WatchCallback(store=tmp_path / 't.db'))
+    with learn.no_bar(), learn.no_logging(), warnings.catch_warnings():
+        warnings.simplefilter('error', RuntimeWarning)  # recording must not stop with a warning
+        learn.fit(1)
+    store = open_store(tmp_path / 't.db')
+    run = store.runs()[0]
+    assert run['status'] == 'finished' and run['vocab'] is None
+    confusion = store.confusion(run['id'])
+    assert confusion['vocab'] == [str(i) for i in range(10)] and confusion['matrix'].sum() == len(items) - 1400
+    top = store.top_losses(run['id'])
+    assert len(top) == 16 and all(t['image'] is None and t['text'].startswith('tensor(') for t in top)
+    assert {t['actual'] for t in top} <= set(confusion['vocab'])
