@@ -79,10 +79,11 @@ class WatchCallback(Callback):
         self._fine_tune, self._fine_tune_fits = None, 0
         self._lock = threading.Lock()
 
-    # fastai turns an exception in a callback into a failed fit; monitoring must never do that.
     def __call__(self, event_name):
-        if self.disabled: return
-        try: return super().__call__(event_name)
+        "Run this callback's method for the event, if it has one; never let an error in it fail the fit."
+        method = getattr(type(self), event_name, None)  # fastai calls every callback for each of ~10 events a batch
+        if self.disabled or method is None: return
+        try: return method(self)
         except Exception as e:
             self.disabled, error = True, ' '.join(f'{type(e).__name__}: {e}'.split())[:500]
             warnings.warn(f'fastwatch: recording stopped after an error in {event_name}: {error}. Training goes on.',
@@ -109,14 +110,15 @@ class WatchCallback(Callback):
         self.epoch_start = time.time()
 
     def after_batch(self):
-        if not (self.trained and len(self.yb)): return
-        if not self.training:
+        learn = self.learn  # the hot path: read the Learner's attributes directly, not through the callback
+        if not (self.trained and len(learn.yb)): return
+        if not learn.training:
             self.collector.add_batch()
             return
-        hypers = self.opt.hypers[-1]
-        self.writer.add_batch((self.run_id, self.step, self.global_epoch, self.fit_index, self.frozen,
-                               self.learn.loss.detach(), getattr(self.learn, 'smooth_loss', None),
-                               hypers.get('lr'), hypers.get('mom'), time.time()))
+        hypers = learn.opt.hypers[-1]
+        with torch._C.DisableTorchFunctionSubclass(): loss = learn.loss.detach()  # 7x faster on fastai's tensors
+        self.writer.add_batch((self.run_id, self.step, self.global_epoch, self.fit_index, self.frozen, loss,
+                               getattr(learn, 'smooth_loss', None), hypers.get('lr'), hypers.get('mom'), time.time()))
         self.step += 1
 
     def before_validate(self):

@@ -34,8 +34,10 @@ class ValidationCollector:
 
     def add_batch(self) -> None:
         if not self.classification or not len(self.learn.yb): return
-        # Plain tensors: fastai's tensor subclasses make every small operation several times slower.
-        pred, targ = self.learn.pred.as_subclass(torch.Tensor), self.learn.yb[0].as_subclass(torch.Tensor)
+        # As plain tensors: fastai's tensor subclasses make every small operation several times slower.
+        with torch._C.DisableTorchFunctionSubclass(): self._add(self.learn.pred, self.learn.yb[0])
+
+    def _add(self, pred: torch.Tensor, targ: torch.Tensor) -> None:
         if not is_single_label(pred, targ):
             self.classification = False
             return
