@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 
-from fastcore.script import CliError, parse_cli
+from fastcore.script import CliError, anno_parser
 
 # name: (module, function, positional parameters). Modules are imported only for the command that runs.
 COMMANDS = {
@@ -31,16 +32,14 @@ def run_command(name: str, argv: list[str]) -> int:
     "Run subcommand `name` with command-line arguments `argv`; a `CliError` becomes one line on stderr."
     module, function, positional = COMMANDS[name]
     command = getattr(importlib.import_module(module), function)
-    saved = sys.argv
-    sys.argv = [f'fastwatch {name}', *argv]
-    try:
-        args, kwargs, _ = parse_cli(command, pos=positional)
-        result = command(*args, **kwargs)
+    # Intermixed, so that positionals may follow options: `fastwatch export RUN --format tensorboard DIR`.
+    kwargs = vars(anno_parser(command, prog=f'fastwatch {name}', pos=positional).parse_intermixed_args(argv))
+    for hidden in ('pdb', 'xtra'): kwargs.pop(hidden, None)  # fastcore's own flags
+    variadic = next((k for k, p in inspect.signature(command).parameters.items() if p.kind is p.VAR_POSITIONAL), None)
+    try: result = command(*(kwargs.pop(variadic) if variadic else ()), **kwargs)
     except CliError as e:
         print(f'fastwatch {name}: {e}', file=sys.stderr)
         return 1
-    finally:
-        sys.argv = saved
     return result if isinstance(result, int) else 0
 
 

@@ -128,6 +128,7 @@ def export(*runs: str,  # Run ids (see `fastwatch ls`; default: every run in the
            ) -> None:
     "Export runs: a snapshot file to share or import, TensorBoard event files, or fastai's CSV epochs table."
     if format not in WRITERS: raise CliError(f"unknown format {format!r}: use {', '.join(WRITERS)}")
+    if Output is None and format != 'snapshot' and len(runs) > 1: *runs, Output = runs  # `RUN --format csv FILE`
     if Output is None: raise CliError('give the output with -o')
     source = open_readonly(store)
     try:
