@@ -4,14 +4,14 @@ from __future__ import annotations
 import numpy as np
 
 
-def summarise(points: np.ndarray) -> np.ndarray:
-    """Merge summaries: `points` has shape (k, series, 4) with (min, step of min, max, step of max) per series
-    (a raw row is a point whose min and max are its value); returns shape (series, 4). NaN values are skipped."""
-    lo = np.where(np.isnan(points[:, :, 0]), np.inf, points[:, :, 0]).argmin(axis=0)
-    hi = np.where(np.isnan(points[:, :, 2]), -np.inf, points[:, :, 2]).argmax(axis=0)
-    series = np.arange(points.shape[1])
-    out = np.stack([points[lo, series, 0], points[lo, series, 1], points[hi, series, 2], points[hi, series, 3]], 1)
-    out[np.isnan(out[:, 0]) | np.isnan(out[:, 2])] = np.nan  # a series with no value in this block
+def summarise(lows: np.ndarray, low_steps: np.ndarray, highs: np.ndarray, high_steps: np.ndarray) -> np.ndarray:
+    """Merge points into one summary per series: each argument has shape (points, series); a raw row is a point
+    whose low and high are its value. Returns (series, 4): min, step of min, max, step of max. NaN is skipped."""
+    lo = np.where(np.isnan(lows), np.inf, lows).argmin(axis=0)
+    hi = np.where(np.isnan(highs), -np.inf, highs).argmax(axis=0)
+    series = np.arange(lows.shape[1])
+    out = np.stack([lows[lo, series], low_steps[lo, series], highs[hi, series], high_steps[hi, series]], axis=1)
+    out[np.isnan(out[:, 0]) | np.isnan(out[:, 2])] = np.nan  # a series with no value in these points
     return out
 
 

@@ -231,8 +231,10 @@ class Store:
 
     @staticmethod
     def _params(table, rows: list) -> list[tuple]:
+        "Rows as tuples in column order; the rows of one table come all as tuples or all as dicts."
+        if isinstance(rows[0], tuple): return rows
         names = table.c.keys()
-        return [row if isinstance(row, tuple) else tuple(row.get(name) for name in names) for row in rows]
+        return [tuple(row.get(name) for name in names) for row in rows]
 
 
 def pack_confusion(matrix: np.ndarray) -> bytes:

@@ -53,7 +53,9 @@ class Writer:
     def __init__(self, url: str, flush_every: float = 0.5, max_buffered: int = 1_000_000):
         self.url, self.flush_every, self.max_buffered = url, flush_every, max_buffered
         self.location = url.removeprefix('sqlite:///')
-        self._queue: deque = deque()  # appended by training threads, drained by the writer thread
+        # Appended by training threads, drained by the writer thread: batch rows as bare tuples, everything
+        # else as a list [kind, ...].
+        self._queue: deque = deque()
         self._wake = threading.Event()
         self._open: dict[str, Probe | None] = {}  # runs being recorded, with their probes
         # Writer-thread state only:
@@ -73,33 +75,33 @@ class Writer:
     def start_run(self, run: dict, probe: Probe | None = None) -> None:
         "Insert a new run's row and keep its heartbeat going until `end_run`."
         self._open[run['id']] = probe
-        self._queue.append(('rows', 'runs', [run]))
+        self._queue.append(['rows', 'runs', [run]])
 
     def update_run(self, run_id: str, **fields) -> None:
         "Change fields of a run's row."
-        self._queue.append(('update', run_id, fields))
+        self._queue.append(['update', run_id, fields])
 
     def add_batch(self, row: tuple) -> None:
         "One training batch, a tuple in the batches table's column order; tensors become floats in the thread."
-        self._queue.append(('batch', row))
+        self._queue.append(row)  # a bare tuple: the per-batch path allocates nothing more
 
     def add_rows(self, table: str, rows: list[dict]) -> None:
         "Rows of another table (epochs, confusion, top_losses)."
-        self._queue.append(('rows', table, rows))
+        self._queue.append(['rows', table, rows])
 
     def add_later(self, make_rows: Callable[[], dict[str, list[dict]]]) -> None:
         "Rows that are costly to make (thumbnails): `make_rows()` runs in the writer thread."
-        self._queue.append(('later', make_rows))
+        self._queue.append(['later', make_rows])
 
     def end_run(self, run_id: str, status: str, error: str | None = None) -> None:
         "Close a run with its final status; its heartbeat stops."
         if self._open.pop(run_id, 'closed') != 'closed':
-            self._queue.append(('end', run_id, status, error))
+            self._queue.append(['end', run_id, status, error])
 
     def flush(self, timeout: float = 10.0) -> bool:
         "Ask for everything queued so far to be written; wait at most `timeout` s (not at all while failing)."
         marker = threading.Event()
-        self._queue.append(('marker', marker))
+        self._queue.append(['marker', marker])
         self._wake.set()
         return not self.failing and marker.wait(timeout)
 
@@ -118,9 +120,12 @@ class Writer:
 
     def _drain(self) -> None:
         while self._queue:
-            kind, *args = self._queue.popleft()
-            if kind == 'batch': self._take_batch(args[0])
-            elif kind == 'rows': self._rows[args[0]].extend(args[1])
+            item = self._queue.popleft()
+            if type(item) is tuple:
+                self._take_batch(item)
+                continue
+            kind, *args = item
+            if kind == 'rows': self._rows[args[0]].extend(args[1])
             elif kind == 'update': self._updates[args[0]].update(args[1])
             elif kind == 'marker': self._markers.append(args[0])
             elif kind == 'later': self._take_later(args[0])
@@ -151,10 +156,12 @@ class Writer:
         "Write the summary of a level's open block, and pass it on to the level above."
         block, points, last_steps = self._blocks[run_id].pop(level)
         if level == 0:  # batch rows: each value is its own min and max
-            steps = np.array([row[1] for row in points], dtype=float)[:, None].repeat(4, axis=1)
             values = np.array([row[5:9] for row in points], dtype=float)  # None -> NaN
-            points = np.stack([values, steps, values, steps], axis=-1)
-        summary = summarise(np.stack(points))
+            steps = np.broadcast_to(np.array(last_steps, dtype=float)[:, None], values.shape)
+            summary = summarise(values, steps, values, steps)
+        else:
+            points = np.stack(points)  # (blocks, series, 4)
+            summary = summarise(points[:, :, 0], points[:, :, 1], points[:, :, 2], points[:, :, 3])
         row = {'run_id': run_id, 'level': level, 'block': block, 'last_step': last_steps[-1]}
         for name, values in zip(schema.SUMMARISED, summary):
             row.update({f'{name}_{field}': None if np.isnan(v) else (int(v) if field.endswith('step') else float(v))
