@@ -28,7 +28,8 @@ def minmax_buckets(lo_steps, lo_values, hi_steps, hi_values, n: int) -> tuple[np
     # Missing values (None) become NaN and are left out, with their steps.
     lo_values, hi_values = np.array(lo_values, dtype=float), np.array(hi_values, dtype=float)
     ok = ~(np.isnan(lo_values) | np.isnan(hi_values))
-    lo_steps, hi_steps = np.array(lo_steps, dtype=float)[ok].astype(np.int64), np.array(hi_steps, dtype=float)[ok].astype(np.int64)
+    lo_steps = np.array(lo_steps, dtype=float)[ok].astype(np.int64)
+    hi_steps = np.array(hi_steps, dtype=float)[ok].astype(np.int64)
     lo_values, hi_values = lo_values[ok], hi_values[ok]
     if not len(lo_steps): return np.zeros(0, np.int64), np.zeros(0)
     start = min(lo_steps.min(), hi_steps.min())

@@ -218,7 +218,8 @@ class Store:
         transaction: all of it lands or none."""
         with self.engine.begin() as conn:
             for table in (runs, *schema.RUN_TABLES):
-                if rows.get(table.name): conn.exec_driver_sql(self._insert_sql(table), self._params(table, rows[table.name]))
+                if rows.get(table.name):
+                    conn.exec_driver_sql(self._insert_sql(table), self._params(table, rows[table.name]))
             for run_id, fields in (run_updates or {}).items():
                 conn.execute(runs.update().where(runs.c.id == run_id).values(**fields))
 

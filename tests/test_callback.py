@@ -147,7 +147,8 @@ def test_an_exception_ends_the_run_as_failed(dls, tmp_path):
     with learn.no_bar(), learn.no_logging(): learn.fit(1)
     runs = open_store(tmp_path / 'boom.db').runs()
     assert [r['status'] for r in runs] == ['finished', 'failed']
-    assert open_store(tmp_path / 'boom.db').batches(runs[1]['id'])['step'] == [0, 1, 2]  # Boom runs before WatchCallback
+    # Boom (order 0) raises before WatchCallback records the batch it fails in.
+    assert open_store(tmp_path / 'boom.db').batches(runs[1]['id'])['step'] == [0, 1, 2]
 
 
 def test_multi_label_and_regression_record_losses_without_confusion(digits_path, tmp_path):

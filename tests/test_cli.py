@@ -50,7 +50,7 @@ def one_line_error(out: subprocess.CompletedProcess, command: str, message: str)
 
 def test_bad_input_is_one_clear_line(trained, tmp_path):
     one_line_error(fastwatch('show', 'nosuchrun', '--store', str(trained['path'])), 'show',
-                   f"no run 'nosuchrun'")
+                   "no run 'nosuchrun'")
     one_line_error(fastwatch('ls', '--store', str(tmp_path / 'missing.db')), 'ls', 'no fastwatch store at')
     assert not (tmp_path / 'missing.db').exists()
     sqlite3.connect(tmp_path / 'other.db').execute('CREATE TABLE t (x)')

@@ -23,7 +23,7 @@ def export(trained, *argv: str) -> int:
 def events(trained, tmp_path_factory):
     "The run exported as TensorBoard event files, loaded by TensorBoard's event reader (every event kept)."
     logdir = tmp_path_factory.mktemp('tensorboard')
-    assert export(trained, '--format', 'tensorboard', str(logdir)) == 0  # the form: RUN --format tensorboard DIR
+    assert export(trained, '--format', 'tensorboard', str(logdir)) == 0  # as in: RUN --format tensorboard DIR
     reader = EventAccumulator(str(logdir / trained['run_id']), size_guidance={'scalars': 0, 'images': 0})
     return reader.Reload()
 

@@ -8,7 +8,6 @@ import time
 import warnings
 from pathlib import Path
 
-import pytest
 from fastai.callback.core import Callback
 
 from conftest import train
