@@ -159,8 +159,7 @@ class WatchCallback(Callback):
         self.run_id, self.step, self.global_epoch, self.fit_index = new_run_id(), 0, 0, -1
         self.fits, self.info = [], self._info()
         now = time.time()
-        dls = self.learn.dls
-        self.class_names = class_names(dls)
+        self.class_names = class_names(self.learn.dls)
         run = {'id': self.run_id, 'name': self.run_name, 'status': 'running', 'error': None, 'created_at': now,
                'updated_at': now, 'heartbeat': now, 'info': json.dumps(self.info),
                'config': json.dumps(self.config, default=str), 'lost_rows': 0,
@@ -225,19 +224,19 @@ class WatchCallback(Callback):
             elif self._gone_since is None: self._gone_since = time.monotonic()
             # Give the interpreter a moment to show the traceback, which sets sys.last_value.
             if frame is not None or time.monotonic() - self._gone_since < PROBE_GRACE: return None
-            return self._abandon()
+            return self._abandon()[1:]
 
     def _end_abandoned_fit(self) -> None:
         with self._lock: outcome = self._abandon() if self.in_fit else None
-        if outcome: self.writer.end_run(self._abandoned, *outcome)
+        if outcome: self.writer.end_run(*outcome)
 
-    def _abandon(self) -> tuple[str, str]:
-        "Forget the fit that ended without after_fit; its run's final status and error."
-        self._abandoned, self.in_fit, self.run_id, self._fine_tune = self.run_id, False, None, None
+    def _abandon(self) -> tuple[str, str, str]:
+        "Forget the fit that ended without after_fit: its run's id, final status and error."
+        run_id, self.in_fit, self.run_id, self._fine_tune = self.run_id, False, None, None
         error = getattr(sys, 'last_value', None)
         # A caller that caught the exception leaves no trace of it; an uncaught one sets sys.last_value.
-        return exit_outcome(error if error is not self._last_error else None,
-                            unknown=('failed', 'the fit stopped with an exception'))
+        return run_id, *exit_outcome(error if error is not self._last_error else None,
+                                     unknown=('failed', 'the fit stopped with an exception'))
 
     def __getstate__(self):
         "`learn.export()` pickles callbacks: leave out the writer, the lock and stack frames."
