@@ -38,18 +38,13 @@ class RunFeed:
         self.last: dict | None = None  # the latest batch row
         self.run: dict = store.run(run_id)
 
-    def _last_row(self) -> dict | None:
-        if self.cursor is None: return None
-        rows = self.store.batches(self.run_id, since=self.cursor - 1)
-        return {name: values[0] for name, values in rows.items()} if rows['step'] else None
-
     def snapshot(self) -> dict:
         "`{'series': {name: {'x', 'y'}}, 'epochs', 'spans'}` with each series at most about `max_points` long."
         self.run = self.store.run(self.run_id)
         down = self.store.batches_downsampled(self.run_id, n=self.max_points)
         self.cursor = down['cursor']
         self.epochs = self.store.epochs(self.run_id)
-        self.last = self._last_row()
+        self.last = self.store.last_batch(self.run_id)
         series = {name: {'x': points['step'], 'y': points['value']} for name, points in down['series'].items()}
         return {'series': series, 'epochs': self.epochs, 'spans': fit_spans(self.epochs, self.last)}
 

@@ -144,6 +144,13 @@ class Store:
         if since is not None: query = query.where(batches.c.step > since)
         return _columns(self._all(query.order_by(batches.c.step)), BATCH_COLUMNS)
 
+    def last_batch(self, run_id: str) -> dict | None:
+        "The run's latest batch row, or None before its first."
+        query = (select(*[batches.c[name] for name in BATCH_COLUMNS]).where(batches.c.run_id == run_id)
+                 .order_by(batches.c.step.desc()).limit(1))
+        rows = self._all(query)
+        return dict(zip(BATCH_COLUMNS, rows[0])) if rows else None
+
     def batches_downsampled(self, run_id: str, n: int = 2000) -> dict:
         """At most about `n` points for each of loss, smooth_loss, lr and mom, keeping each range's min and max
         and the last point: `{'cursor': last step, 'series': {name: {'step': [...], 'value': [...]}}}`.
@@ -172,9 +179,9 @@ class Store:
                                            both('max_step', tail['step']), both('max', tail[name]), n)
             series[name] = {'step': steps.tolist(), 'value': values.tolist()}
         if not tail['step']:  # the last point lies inside the last block: add it
-            last_row = self.batches(run_id, since=last - 1)
+            last_row = self.last_batch(run_id)
             for name, points in series.items():
-                value = last_row[name][0]
+                value = last_row[name]
                 if value is not None and (not points['step'] or points['step'][-1] != last):
                     points['step'].append(last); points['value'].append(value)
         return {'cursor': last, 'series': series}
