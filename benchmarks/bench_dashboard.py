@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / 'tests'))
 from browser import POINTS_JS, free_port, kernels, launch, open_dashboard, served  # noqa: E402
 
 from fastwatch import open_store  # noqa: E402
+from fastwatch.serve import PREHEATED_KERNELS  # noqa: E402
 from fastwatch.writer import Writer  # noqa: E402
 
 
@@ -157,7 +158,7 @@ def main() -> None:
             print(f'live latency over {len(latencies)} rows: median {np.median(latencies):.2f} s, '
                   f'p95 {np.percentile(latencies, 95):.2f} s, max {max(latencies):.2f} s')
             time.sleep(5)
-            print(f'kernels left with every page closed: {len(kernels(url))} (the preheated one: 1)')
+            print(f'kernels left with every page closed: {len(kernels(url))} (the preheated ones: {PREHEATED_KERNELS})')
         print(f'load average: {" ".join(f"{x:.1f}" for x in os.getloadavg())}')
         browser.close()
 

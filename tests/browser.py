@@ -61,28 +61,34 @@ def served(store: Path, cwd: Path, timeout: float = 60, config: dict | None = No
         server.wait(20)
 
 
-def kernels(url: str) -> dict[int, float]:
+def kernels(url: str) -> dict[str, float]:
     """The kernels of the `fastwatch serve` at `url` (ipykernel processes whose parent's command line names its
-    port), viewers' and preheated ones: {pid: peak resident memory in MB (VmHWM)}."""
+    port), viewers' and preheated ones: {kernel id: peak resident memory in MB (VmHWM)}."""
     port = f"--port\0{url.rsplit(':', 1)[1].split('/')[0]}\0".encode()
     found = {}
     for proc in Path('/proc').iterdir():
         try:
-            if not proc.name.isdigit() or b'ipykernel' not in (proc / 'cmdline').read_bytes(): continue
+            if not proc.name.isdigit() or b'ipykernel' not in (command := (proc / 'cmdline').read_bytes()): continue
             status = (proc / 'status').read_text()
             if port in (Path('/proc') / re.search(r'PPid:\s+(\d+)', status)[1] / 'cmdline').read_bytes():
-                found[int(proc.name)] = int(re.search(r'VmHWM:\s+(\d+)', status)[1]) / 1024
+                kernel_id = re.search(rb'kernel-([0-9a-f-]+)\.json', command)[1].decode()
+                found[kernel_id] = int(re.search(r'VmHWM:\s+(\d+)', status)[1]) / 1024
         except (OSError, TypeError): continue  # a process that ended meanwhile
     return found
 
 
-def wait_for_kernels(url: str, count: int, timeout: float = 20) -> dict[int, float]:
+def wait_for_kernels(url: str, count: int, timeout: float = 20) -> dict[str, float]:
     "Wait until the server at `url` has `count` kernels; returns them."
     deadline = time.monotonic() + timeout
     while len(found := kernels(url)) != count:
         if time.monotonic() > deadline: raise TimeoutError(f'{len(found)} kernels, not {count}, after {timeout} s')
         time.sleep(0.2)
     return found
+
+
+def page_kernel(page) -> str:
+    "The id of the kernel a dashboard page runs on."
+    return page.evaluate("JSON.parse(document.getElementById('jupyter-config-data').textContent).kernelId")
 
 
 def train_in_background(digits: Path, store: Path, epochs: int, name: str = 'live') -> subprocess.Popen:

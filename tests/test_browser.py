@@ -4,13 +4,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from browser import (CHROMIUM, kernels, launch, open_dashboard, points, served, train_in_background, wait_for_kernels,
-                     wait_for_points)
+from browser import (CHROMIUM, kernels, launch, open_dashboard, page_kernel, points, served, train_in_background,
+                     wait_for_kernels, wait_for_points)
 from conftest import train
 from fastwatch import open_store
 from fastwatch.digits import digits_dls, digits_folder
+from fastwatch.serve import PREHEATED_KERNELS, REFILL_DELAY_SECONDS
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f'no chromium at {CHROMIUM} (.ci/run installs it)')
 HOSTILE = '<img src=x onerror=alert(1)>'
@@ -62,6 +64,19 @@ def test_a_run_page_shows_charts_confusion_gallery_and_names_as_text(site, page)
     assert site['run_id'] in page.input_value('.fw-share-url')
 
 
+def test_hovering_the_charts_shows_exact_values(site, page):
+    open_dashboard(page, f"{site['url']}?run={site['run_id']}")
+    boxes = page.eval_on_selector_all('canvas', 'cs => cs.map(c => c.getBoundingClientRect().toJSON())')
+    shown = set()
+    for box in [b for b in boxes if b['width'] > 100 and b['height'] < 300]:  # the series charts, not the matrix
+        for fraction in np.linspace(0.15, 0.85, 15):  # along the bottom of the plot: through bars and shaded fits
+            page.mouse.move(box['x'] + box['width'] * fraction, box['y'] + box['height'] * 0.7)
+            shown.update(' '.join(t.split()) for t in page.locator('div.bk-tooltip-content').all_inner_texts())
+    epochs = open_store(site['store'], readonly=True).epochs(site['run_id'])
+    assert {f"seconds: {e['duration']:.1f} epoch: {e['epoch']}" for e in epochs} & shown, shown
+    assert {'phase: fit 1: frozen body', 'phase: fit 2: unfrozen'} <= shown
+
+
 def test_the_loss_series_grows_while_another_process_trains(site, page, digits_path):
     trainer = train_in_background(digits_path, site['store'], epochs=2)
     store = open_store(site['store'], readonly=True)
@@ -87,23 +102,26 @@ def test_a_closed_page_shuts_its_small_kernel_down(site, browser, digits_path):
     while not [run for run in store.runs() if run['state'] == 'live']:
         assert trainer.poll() is None, 'the training ended before it was seen'
         time.sleep(0.1)
-    (viewer,) = wait_for_kernels(site['url'], 1, timeout=ORPHAN_SECONDS + 20)  # the preheated one: the page's
+    preheated = wait_for_kernels(site['url'], PREHEATED_KERNELS, timeout=ORPHAN_SECONDS + 20)
     context = browser.new_context()
     page = context.new_page()
     open_dashboard(page, f"{site['url']}?run={store.runs()[0]['id']}")  # its kernel follows the live run
-    assert kernels(site['url'])[viewer] < 150  # MB: the viewer's kernel, at its peak
+    viewer = page_kernel(page)
+    assert viewer in preheated and kernels(site['url'])[viewer] < 150  # MB: the viewer's kernel, at its peak
     page.close(run_before_unload=True)  # as a tab is closed
     deadline = time.monotonic() + 5
     while viewer in kernels(site['url']): assert time.monotonic() < deadline, 'the closed page kept its kernel'
-    assert len(wait_for_kernels(site['url'], 1)) == 1  # only the preheated one for the next page
+    time.sleep(REFILL_DELAY_SECONDS)
+    wait_for_kernels(site['url'], PREHEATED_KERNELS)  # only preheated ones, for the next pages
     context.close()
     assert trainer.wait(120) == 0
 
 
 def test_an_abandoned_page_loses_its_kernel(site, browser):
-    (viewer,) = wait_for_kernels(site['url'], 1, timeout=ORPHAN_SECONDS + 20)
     context = browser.new_context()
-    open_dashboard(context.new_page(), f"{site['url']}?run={site['run_id']}")
+    page = context.new_page()
+    open_dashboard(page, f"{site['url']}?run={site['run_id']}")
+    viewer = page_kernel(page)
     context.close()  # gone without a word (no beforeunload): a crashed browser, a phone out of network
     deadline = time.monotonic() + ORPHAN_SECONDS + 5
     while viewer in kernels(site['url']): assert time.monotonic() < deadline, 'the abandoned page kept its kernel'
