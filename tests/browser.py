@@ -34,8 +34,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def served(store: Path, cwd: Path, timeout: float = 60, config: dict | None = None):
-    "`fastwatch serve` on a free port for the duration, with Voila `config` (`{class: {trait: value}}`): its URL."
+def served(store: Path, cwd: Path, timeout: float = 60, config: dict | None = None, host: str = '127.0.0.1'):
+    """`fastwatch serve` on a free port of `host` for the duration, with Voila `config` (`{class: {trait: value}}`):
+    the URL it prints."""
     port = free_port()
     env = dict(os.environ)
     if config:  # read by the server from its voila.json
@@ -43,19 +44,20 @@ def served(store: Path, cwd: Path, timeout: float = 60, config: dict | None = No
         (cwd / 'jupyter-config' / 'voila.json').write_text(json.dumps(config))
         env['JUPYTER_CONFIG_DIR'] = str(cwd / 'jupyter-config')
     server = subprocess.Popen([sys.executable, '-c', 'from fastwatch.cli import main; main()', 'serve', '--store',
-                               str(store), '--port', str(port)], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                               str(store), '--port', str(port), '--host', host], cwd=cwd, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                socket.create_connection(('127.0.0.1', port), timeout=1).close()
+                socket.create_connection(('127.0.0.1' if host == '0.0.0.0' else host, port), timeout=1).close()
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f'fastwatch serve did not start: {server.stdout.read().decode()[-2000:]}')
                 time.sleep(0.2)
-        yield f'http://127.0.0.1:{port}/'
+        printed = [server.stdout.readline().decode() for _ in range(2)]  # the store, then '  open URL'
+        yield printed[1].split('open ', 1)[1].strip()
     finally:
         server.terminate()
         server.wait(20)
