@@ -52,14 +52,15 @@ def record_run(store: Path, steps: int, status: str = 'finished') -> str:
     return run_id
 
 
-def first_render(browser, url: str, repeats: int = 3) -> tuple[list[float], list[float]]:
+def first_render(browser, url: str, repeats: int = 5, pause: float = 6) -> tuple[list[float], list[float]]:
     """Seconds from opening the URL to the charts drawn with data, each visit with a fresh kernel: a first visit
-    (empty browser cache) and a second one in the same browser (cached BokehJS and Voila scripts)."""
+    (empty browser cache) and a second one in the same browser (cached BokehJS and Voila scripts). `pause` s
+    between visits lets Voila start the next preheated kernel, as between two visitors."""
     cold, warm = [], []
     for _ in range(repeats):
         context = browser.new_context()
         for times in (cold, warm):
-            time.sleep(6)  # let Voila refill its pool of preheated kernels, as between two visitors
+            time.sleep(pause)
             page = context.new_page()
             times.append(open_dashboard(page, url, timeout=60))
             page.close(run_before_unload=True)  # as a closed tab: Voila shuts the kernel down
@@ -151,6 +152,9 @@ def main() -> None:
                 for visit, times in zip(('first visit', 'second visit'), first_render(browser, f'{url}?run={run_id}')):
                     print(f'first render, {steps} steps, {visit}: median {np.median(times):.2f} s (runs: '
                           + ', '.join(f'{t:.2f}' for t in times) + ')')
+            cold, warm = first_render(browser, f'{url}?run={small}', pause=0.5)
+            print('first render, 1,000 steps, visits back to back (the next preheated kernel starting meanwhile): '
+                  f'median {np.median(cold + warm):.2f} s (runs: ' + ', '.join(f'{t:.2f}' for t in cold + warm) + ')')
             http, ws, memory = page_weight(browser, f'{url}?run={large}')
             print(f'page weight: {(http + ws) / 1e6:.2f} MB ({http / 1e6:.2f} MB HTTP, {ws / 1e6:.2f} MB WebSocket)')
             print('kernel memory (peak RSS): ' + ', '.join(f'{m:.0f} MB' for m in sorted(memory)))

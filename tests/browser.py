@@ -43,9 +43,9 @@ def served(store: Path, cwd: Path, timeout: float = 60, config: dict | None = No
         (cwd / 'jupyter-config').mkdir(exist_ok=True)
         (cwd / 'jupyter-config' / 'voila.json').write_text(json.dumps(config))
         env['JUPYTER_CONFIG_DIR'] = str(cwd / 'jupyter-config')
-    server = subprocess.Popen([sys.executable, '-c', 'from fastwatch.cli import main; main()', 'serve', '--store',
-                               str(store), '--port', str(port), '--host', host], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT)
+    command = ['serve', '--store', str(store), '--port', str(port), '--host', host]
+    server = subprocess.Popen([sys.executable, '-c', 'from fastwatch.cli import main; main()', *command], cwd=cwd,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + timeout
         while True:
