@@ -16,10 +16,14 @@ demo: install
 services:
 	bash .ci/services
 
-test: install services
+lint: install
+	$(VENV)/bin/ruff check fastwatch tests benchmarks
+	$(VENV)/bin/lint-imports
+
+test: install services lint
 	$(PY) -m pytest -q tests
 
 bench: install
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
 
-.PHONY: install services demo test bench
+.PHONY: install services lint demo test bench

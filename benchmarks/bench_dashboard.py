@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).parents[1] / 'tests'))
 from browser import POINTS_JS, free_port, kernels, launch, open_dashboard, served  # noqa: E402
 
 from fastwatch import open_store  # noqa: E402
-from fastwatch.serve import PREHEATED_KERNELS  # noqa: E402
-from fastwatch.writer import Writer  # noqa: E402
+from fastwatch.record.writer import Writer  # noqa: E402
+from fastwatch.view.server import PREHEATED_KERNELS  # noqa: E402
 
 
 def record_run(store: Path, steps: int, status: str = 'finished') -> str:

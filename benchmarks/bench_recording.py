@@ -22,7 +22,7 @@ from fastai.interpret import ClassificationInterpretation
 from fastai.vision.all import CrossEntropyLossFlat, Learner, error_rate, nn, params
 
 from fastwatch import WatchCallback
-from fastwatch.digits import digits_dls, digits_folder, digits_learner
+from fastwatch.demo.digits import digits_dls, digits_folder, digits_learner
 
 
 class TimedWatchCallback(WatchCallback):

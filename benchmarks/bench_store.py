@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from fastwatch import open_store
-from fastwatch.writer import Writer
+from fastwatch.record.writer import Writer
 
 
 def write_run(location, run_id: str, n_rows: int) -> float:
@@ -59,6 +59,7 @@ def main(n_rows: int) -> None:
     url = os.environ.get('FASTWATCH_TEST_POSTGRES')
     if url:
         import uuid
+
         from sqlalchemy import create_engine
         schema = f'bench_{uuid.uuid4().hex[:8]}'
         engine = create_engine(url.replace('postgresql://', 'postgresql+psycopg://'))

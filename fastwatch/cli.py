@@ -1,22 +1,27 @@
-"""The `fastwatch` command: one plain function per subcommand, its parser derived from the signature (fastcore)."""
+"""The `fastwatch` command: one plain function per subcommand, its parser derived from the signature (fastcore).
+
+Each command lives in the part it belongs to and raises fastwatch's own errors; here alone they become one line on
+stderr."""
 from __future__ import annotations
 
 import importlib
 import inspect
 import sys
 
-from fastcore.script import CliError, anno_parser
+from fastcore.script import anno_parser
+
+from .errors import FastwatchError
 
 # name: (module, function, positional parameters). Modules are imported only for the command that runs.
 COMMANDS = {
-    'ls': ('fastwatch.commands', 'ls', []),
-    'show': ('fastwatch.commands', 'show', ['run']),
-    'export': ('fastwatch.exports', 'export', []),
-    'import': ('fastwatch.snapshot', 'import_snapshot', ['path']),
-    'share': ('fastwatch.share', 'share', ['run']),
-    'binder': ('fastwatch.share', 'binder', ['path']),
-    'serve': ('fastwatch.serve', 'serve', []),
-    'demo': ('fastwatch.serve', 'demo', []),
+    'ls': ('fastwatch.view.terminal', 'ls', []),
+    'show': ('fastwatch.view.terminal', 'show', ['run']),
+    'serve': ('fastwatch.view.server', 'serve', []),
+    'export': ('fastwatch.share.exports', 'export', []),
+    'import': ('fastwatch.share.exports', 'import_snapshot', ['path']),
+    'share': ('fastwatch.share.binder', 'share', ['run']),
+    'binder': ('fastwatch.share.binder', 'binder', ['path']),
+    'demo': ('fastwatch.demo.command', 'demo', []),
 }
 
 
@@ -29,7 +34,7 @@ def _usage() -> str:
 
 
 def run_command(name: str, argv: list[str]) -> int:
-    "Run subcommand `name` with command-line arguments `argv`; a `CliError` becomes one line on stderr."
+    "Run subcommand `name` with command-line arguments `argv`; a fastwatch error becomes one line on stderr."
     module, function, positional = COMMANDS[name]
     command = getattr(importlib.import_module(module), function)
     # Intermixed, so that positionals may follow options: `fastwatch export RUN --format tensorboard DIR`.
@@ -37,7 +42,7 @@ def run_command(name: str, argv: list[str]) -> int:
     for hidden in ('pdb', 'xtra'): kwargs.pop(hidden, None)  # fastcore's own flags
     variadic = next((k for k, p in inspect.signature(command).parameters.items() if p.kind is p.VAR_POSITIONAL), None)
     try: result = command(*(kwargs.pop(variadic) if variadic else ()), **kwargs)
-    except CliError as e:
+    except FastwatchError as e:
         print(f'fastwatch {name}: {e}', file=sys.stderr)
         return 1
     return result if isinstance(result, int) else 0

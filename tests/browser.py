@@ -21,7 +21,7 @@ POINTS_JS = """name => { for (const doc of (window.Bokeh ? Bokeh.documents : [])
   return -1; }"""
 TRAIN = """import sys
 from fastwatch import WatchCallback
-from fastwatch.digits import digits_dls, digits_learner
+from fastwatch.demo.digits import digits_dls, digits_learner
 learn = digits_learner(digits_dls(sys.argv[1]), cbs=WatchCallback(store=sys.argv[2], name=sys.argv[4]))
 with learn.no_bar(), learn.no_logging(): learn.fine_tune(int(sys.argv[3]), base_lr=1e-2)
 """
@@ -54,7 +54,8 @@ def served(store: Path, cwd: Path, timeout: float = 60, config: dict | None = No
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f'fastwatch serve did not start: {server.stdout.read().decode()[-2000:]}')
+                    output = server.stdout.read().decode()[-2000:]
+                    raise RuntimeError(f'fastwatch serve did not start: {output}') from None
                 time.sleep(0.2)
         printed = [server.stdout.readline().decode() for _ in range(2)]  # the store, then '  open URL'
         yield printed[1].split('open ', 1)[1].strip()

@@ -14,20 +14,20 @@ POSTGRES_URL = os.environ.get('FASTWATCH_TEST_POSTGRES',
 @pytest.fixture(scope='session')
 def digits_path(tmp_path_factory):
     "scikit-learn's digits as an image folder: valid/<digit>/*.png and train/<digit>/*.png."
-    from fastwatch.digits import digits_folder
+    from fastwatch.demo.digits import digits_folder
     return digits_folder(tmp_path_factory.mktemp('digits'))
 
 
 @pytest.fixture(scope='session')
 def dls(digits_path):
-    from fastwatch.digits import digits_dls
+    from fastwatch.demo.digits import digits_dls
     return digits_dls(digits_path)
 
 
 def train(dls, store, epochs: int = 1, extra_cbs=(), **callback_kwargs):
     "`fine_tune(epochs)` a small CNN on the digits with a `WatchCallback`; returns the learner."
     from fastwatch import WatchCallback
-    from fastwatch.digits import digits_learner
+    from fastwatch.demo.digits import digits_learner
     learn = digits_learner(dls, cbs=[WatchCallback(store=store, **callback_kwargs), *extra_cbs])
     with learn.no_bar(), learn.no_logging(): learn.fine_tune(epochs, base_lr=1e-2)
     return learn
@@ -42,7 +42,7 @@ def trained(dls, tmp_path_factory):
     store = open_store(path)
     # What fastai's Recorder kept of the second fit, copied now: a later validate() or get_preds() resets it.
     recorder = learn.recorder
-    recorded = {'values': [list(v) for v in recorder.values], 'losses': [float(l) for l in recorder.losses],
+    recorded = {'values': [list(v) for v in recorder.values], 'losses': [float(loss) for loss in recorder.losses],
                 'lrs': list(recorder.lrs), 'metric_names': list(recorder.metric_names)}
     return {'path': path, 'store': store, 'run_id': store.runs()[0]['id'], 'learn': learn, 'recorder': recorded}
 

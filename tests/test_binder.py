@@ -13,9 +13,9 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from browser import CHROMIUM, free_port, launch, open_dashboard
 from packaging.requirements import InvalidRequirement, Requirement
 
-from browser import CHROMIUM, free_port, launch, open_dashboard
 from fastwatch import open_store
 from fastwatch.cli import run_command
 
@@ -150,7 +150,7 @@ def test_share_link_round_trip_in_the_browser(trained, tmp_path, monkeypatch, ca
     assert run_command('binder', [str(repo)]) == 0
     monkeypatch.chdir(repo)
     assert run_command('share', [trained['run_id'], '--repo', 'me/proj', '--store', str(trained['path'])]) == 0
-    url = next(l for l in capsys.readouterr().out.splitlines() if l.startswith('https://mybinder.org/'))
+    url = next(line for line in capsys.readouterr().out.splitlines() if line.startswith('https://mybinder.org/'))
     (urlpath,) = parse_qs(urlsplit(url).query)['urlpath']
     env = {**os.environ, 'REPO_DIR': str(repo)}
     env.pop('FASTWATCH_STORE', None)

@@ -6,13 +6,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from browser import (CHROMIUM, kernels, launch, open_dashboard, page_kernel, points, served, train_in_background,
-                     wait_for_kernels, wait_for_points)
+from browser import (
+    CHROMIUM,
+    kernels,
+    launch,
+    open_dashboard,
+    page_kernel,
+    points,
+    served,
+    train_in_background,
+    wait_for_kernels,
+    wait_for_points,
+)
 from conftest import train
+
 from fastwatch import open_store
-from fastwatch.digits import digits_dls, digits_folder
-from fastwatch.serve import PREHEATED_KERNELS, REFILL_DELAY_SECONDS
+from fastwatch.demo.digits import digits_dls, digits_folder
+from fastwatch.view.server import PREHEATED_KERNELS, REFILL_DELAY_SECONDS
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f'no chromium at {CHROMIUM} (.ci/run installs it)')
 HOSTILE = '<img src=x onerror=alert(1)>'

@@ -8,17 +8,28 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import train
 from fastai.callback.core import Callback
 from fastai.callback.tracker import EarlyStoppingCallback
 from fastai.interpret import ClassificationInterpretation
-from fastai.vision.all import (BCEWithLogitsLossFlat, DataBlock, ImageBlock, Learner, MSELossFlat,
-                               MultiCategoryBlock, RegressionBlock, Resize, accuracy_multi, get_image_files,
-                               parent_label, rmse)
+from fastai.vision.all import (
+    BCEWithLogitsLossFlat,
+    DataBlock,
+    ImageBlock,
+    Learner,
+    MSELossFlat,
+    MultiCategoryBlock,
+    RegressionBlock,
+    Resize,
+    accuracy_multi,
+    get_image_files,
+    parent_label,
+    rmse,
+)
 from PIL import Image
 
-from conftest import train
 from fastwatch import WatchCallback, open_store
-from fastwatch.digits import digits_learner, small_cnn
+from fastwatch.demo.digits import digits_learner, small_cnn
 
 
 def test_fine_tune_is_one_run_with_steps_counting_on(trained, dls):
@@ -82,7 +93,8 @@ def test_confusion_and_top_losses_equal_classification_interpretation(trained):
         assert t['item'] == str(valid_items[i].relative_to(learn.dls.path))
         image = Image.open(io.BytesIO(t['image']))
         assert t['image_type'] == 'image/png' and max(image.size) == 128
-    assert store.confusion_epochs(run_id) == [0, 1, 2]
+    assert [store.confusion(run_id, epoch)['epoch'] for epoch in range(3)] == [0, 1, 2]
+    assert store.counts(run_id)['confusion'] == 3
     assert len(store.top_losses(run_id, epoch=0)) == 16
 
 
@@ -158,7 +170,7 @@ def test_multi_label_and_regression_record_losses_without_confusion(digits_path,
     regression = DataBlock(blocks=(ImageBlock, RegressionBlock), get_y=lambda p: float(parent_label(p)),
                            item_tfms=Resize(16))
     cases = [(multi, BCEWithLogitsLossFlat(), accuracy_multi, 12), (regression, MSELossFlat(), rmse, 1)]
-    for i, (block, loss, metric, n_out) in enumerate(cases):
+    for block, loss, metric, n_out in cases:
         dls = block.dataloaders(get_image_files(digits_path), bs=64, num_workers=0)
         learn = Learner(dls, small_cnn(n_out), loss_func=loss, metrics=metric,
                         cbs=WatchCallback(store=tmp_path / 'other.db'))

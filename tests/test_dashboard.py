@@ -12,16 +12,16 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
+from conftest import train
 from nbclient import NotebookClient
 
-from conftest import train
 from fastwatch import RunNotFound, StoreError, open_store
-from fastwatch.charts import most_confused
-from fastwatch.dashboard import Dashboard, dashboard
-from fastwatch.digits import digits_dls, digits_folder
-from fastwatch.links import binder_url, binder_url_from_env, local_url
-from fastwatch.live import RunFeed, fit_spans, follow
-from fastwatch.viewstore import fetch_store, open_view_store, parse_query, QueryError
+from fastwatch.demo.digits import digits_dls, digits_folder
+from fastwatch.share.links import binder_url, binder_url_from_env, local_url
+from fastwatch.view.charts import most_confused
+from fastwatch.view.dashboard import Dashboard, dashboard
+from fastwatch.view.live import RunFeed, fit_spans, follow
+from fastwatch.view.page import QueryError, fetch_store, open_view_store, parse_query
 
 ROOT = Path(__file__).parents[1]
 HOSTILE = '<img src=x onerror=alert(1)>'
@@ -229,7 +229,7 @@ def test_most_confused():
 
 
 def test_packaged_notebook_is_the_app():
-    assert filecmp.cmp(ROOT / 'apps' / 'dashboard.ipynb', ROOT / 'fastwatch' / 'app' / 'dashboard.ipynb',
+    assert filecmp.cmp(ROOT / 'apps' / 'dashboard.ipynb', ROOT / 'fastwatch' / 'view' / 'app' / 'dashboard.ipynb',
                        shallow=False)
 
 

@@ -7,8 +7,9 @@ import urllib.error
 import urllib.request
 
 from browser import served
-from fastwatch.serve import BOKEHJS
 from test_snapshot import add_empty_run
+
+from fastwatch.view.server import BOKEHJS
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -7,11 +7,11 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from test_snapshot import cli
 
 from fastwatch import __version__, open_store
-from fastwatch.links import binder_url
-from fastwatch.serve import APP
-from test_snapshot import cli
+from fastwatch.share.binder import APP
+from fastwatch.share.links import binder_url
 
 ROOT = Path(__file__).parents[1]
 
@@ -60,7 +60,7 @@ def test_share_path_is_relative_to_the_repository_top(trained, repo, capsys, mon
     status, out, _ = cli(capsys, 'share', trained['run_id'], '--repo', 'me/proj', '--ref', 'v1',
                          '--path', 'shared/first run.fastwatch', '--store', str(trained['path']))
     assert status == 0 and (repo / 'shared' / 'first run.fastwatch').is_file()
-    request, _, query = open_binder_link(next(l for l in out.splitlines() if l.startswith('https://')))
+    request, _, query = open_binder_link(next(line for line in out.splitlines() if line.startswith('https://')))
     assert request == '/v2/gh/me/proj/v1' and query['store'] == 'shared/first run.fastwatch'
     assert f'  cd {repo}' in out and "  git add 'shared/first run.fastwatch'" in out
 
@@ -70,7 +70,7 @@ def test_share_with_a_hosted_snapshot_prints_its_link_and_writes_nothing(trained
     status, out, _ = cli(capsys, 'share', trained['run_id'], '--repo', 'me/proj', '--store-url', hosted,
                          '--store', str(trained['path']))
     assert status == 0 and not (repo / 'runs').exists()
-    _, _, query = open_binder_link(next(l for l in out.splitlines() if l.startswith('https://mybinder.org/')))
+    _, _, query = open_binder_link(next(line for line in out.splitlines() if line.startswith('https://mybinder.org/')))
     assert query == {'run': trained['run_id'], 'store': hosted}
 
 
@@ -83,7 +83,7 @@ def test_fastwatchs_own_repository_links_to_apps_dashboard(trained, tmp_path, mo
     status, out, _ = cli(capsys, 'share', trained['run_id'], '--repo', 'fastwatch/fastwatch',
                          '--store', str(trained['path']))
     assert status == 0
-    assert open_binder_link(next(l for l in out.splitlines() if l.startswith('https://')))[1] == \
+    assert open_binder_link(next(line for line in out.splitlines() if line.startswith('https://')))[1] == \
         'voila/render/apps/dashboard.ipynb'
 
 

@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from fastwatch import open_store
 from fastwatch.cli import run_command
-from fastwatch.schema import RUN_TABLES, runs
+from fastwatch.store.schema import RUN_TABLES, runs
 
 
 def run_rows(store, run_id: str) -> dict[str, list[tuple]]:

@@ -9,17 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import train
 from sqlalchemy import create_engine
 
-from conftest import train
-from fastwatch import RunNotFound, StoreError, open_store, schema
-from fastwatch.writer import Writer
+from fastwatch import RunNotFound, StoreError, open_store
+from fastwatch.record.writer import Writer
+from fastwatch.store import schema
 
 ROOT = Path(__file__).parent.parent
 
 
 def test_import_fastwatch_stays_light():
-    code = ('import sys, fastwatch, fastwatch.store, fastwatch.commands; '
+    code = ('import sys, fastwatch, fastwatch.store, fastwatch.view.terminal; '
             'print(sorted(m for m in ("torch", "fastai", "torchvision") if m in sys.modules))')
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == '[]'
@@ -141,7 +142,7 @@ def test_downsampling_a_long_run_keeps_spikes_and_the_last_point(tmp_path):
 
 def test_several_processes_record_into_one_file(tmp_path, digits_path):
     script = ('import sys; sys.path.insert(0, "tests"); from conftest import train; '
-              'from fastwatch.digits import digits_dls; '
+              'from fastwatch.demo.digits import digits_dls; '
               f'train(digits_dls({str(digits_path)!r}), {str(tmp_path / "shared.db")!r}, epochs=1)')
     procs = [subprocess.Popen([sys.executable, '-c', script], cwd=ROOT) for _ in range(2)]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]

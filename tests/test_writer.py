@@ -8,11 +8,12 @@ import time
 import warnings
 from pathlib import Path
 
+from conftest import train
 from fastai.callback.core import Callback
 
-from conftest import train
-from fastwatch import open_store, store
-from fastwatch.writer import Writer
+from fastwatch import open_store
+from fastwatch.record.writer import Writer
+from fastwatch.store import store
 
 ROOT = Path(__file__).parent.parent
 
@@ -84,7 +85,7 @@ def test_an_unreachable_postgresql_server_is_a_warning(dls):
 SCRIPT = '''
 import sys; sys.path.insert(0, "tests")
 from fastai.callback.core import Callback
-from fastwatch.digits import digits_dls
+from fastwatch.demo.digits import digits_dls
 from conftest import train
 
 class Boom(Callback):

@@ -12,13 +12,12 @@ import threading
 import time
 import warnings
 from collections import defaultdict, deque
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
-from . import schema
-from .downsample import summarise
-from .store import HEARTBEAT_SECONDS, open_store, store_url
+from ..store import HEARTBEAT_SECONDS, display_location, open_store, schema, store_url
+from ..store.downsample import summarise
 
 # A probe is asked each tick whether an open run ended without telling: it returns None or (status, error).
 Probe = Callable[[], 'tuple[str, str | None] | None']
@@ -52,7 +51,7 @@ class Writer:
 
     def __init__(self, url: str, flush_every: float = 0.5, max_buffered: int = 1_000_000):
         self.url, self.flush_every, self.max_buffered = url, flush_every, max_buffered
-        self.location = url.removeprefix('sqlite:///')
+        self.location = display_location(url)
         # Appended by training threads, drained by the writer thread: batch rows as bare tuples, everything
         # else as a list [kind, ...].
         self._queue: deque = deque()

@@ -1,4 +1,5 @@
-"""`fastwatch export`: runs as a snapshot file, as TensorBoard event files, or as the CSV fastai's `CSVLogger` writes.
+"""`fastwatch export`: runs as a snapshot file, as TensorBoard event files, or as the CSV fastai's `CSVLogger` writes;
+and `fastwatch import`, which merges a snapshot into a store.
 
 TensorBoard files are written with the `tensorboard` package's own event writer and protobufs (no torch, no
 TensorFlow): `pip install fastwatch[export]`.
@@ -12,24 +13,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from fastcore.script import CliError
 from PIL import Image, ImageDraw, ImageFont
 
-from .commands import open_readonly
-from .outputs import check_new, writing
-from .schema import StoreError
-from .snapshot import write_snapshot
-from .store import Store
+from ..errors import UsageError
+from ..formats import format_duration
+from ..store import Store, open_store
+from ..store.files import check_new, writing
+from ..store.snapshot import copy_runs, write_snapshot
 
 BATCH_SCALARS = ('loss', 'smooth_loss', 'lr', 'mom')
 CELL = 28  # pixels per confusion-matrix cell
-
-
-def format_time(seconds: float) -> str:
-    "A duration as fastai's Recorder prints it: mm:ss, or h:mm:ss."
-    t = int(seconds)
-    h, m, s = t // 3600, t // 60 % 60, t % 60
-    return f'{h}:{m:02d}:{s:02d}' if h else f'{m:02d}:{s:02d}'
 
 
 def epochs_table(store: Store, run_id: str) -> tuple[list[str], list[list]]:
@@ -38,13 +31,13 @@ def epochs_table(store: Store, run_id: str) -> tuple[list[str], list[list]]:
     rows = store.epochs(run_id)
     metrics = list(dict.fromkeys(name for row in rows for name in row['metrics']))
     table = [[row['epoch'], row['train_loss'], row['valid_loss'], *[row['metrics'].get(m) for m in metrics],
-              format_time(row['duration'])] for row in rows]
+              format_duration(row['duration'])] for row in rows]
     return ['epoch', 'train_loss', 'valid_loss', *metrics, 'time'], table
 
 
 def write_csv(store: Store, run_ids: Sequence[str], path: str | os.PathLike, force: bool = False) -> None:
     "Write one run's epochs table to a CSV file, with the columns of fastai's `CSVLogger`."
-    if len(run_ids) != 1: raise CliError(f'csv export takes one run, not {len(run_ids)}')
+    if len(run_ids) != 1: raise UsageError(f'csv export takes one run, not {len(run_ids)}')
     columns, table = epochs_table(store, run_ids[0])
     with writing(path, force) as tmp, open(tmp, 'w', newline='') as f:
         writer = csv.writer(f, lineterminator='\n')
@@ -84,7 +77,8 @@ def _write_events(store: Store, run_id: str, logdir: Path) -> None:
         from tensorboard.compat.proto.summary_pb2 import Summary
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
     except ImportError:
-        raise CliError('--format tensorboard needs the tensorboard package: pip install "fastwatch[export]"') from None
+        raise UsageError('--format tensorboard needs the tensorboard package: pip install "fastwatch[export]"') \
+            from None
 
     def scalars(prefix: str, values: dict) -> Summary:
         return Summary(value=[Summary.Value(tag=f'{prefix}/{name}', simple_value=value)
@@ -127,15 +121,29 @@ def export(*runs: str,  # Run ids (see `fastwatch ls`; default: every run in the
            force: bool = False,  # Replace an existing output
            ) -> None:
     "Export runs: a snapshot file to share or import, TensorBoard event files, or fastai's CSV epochs table."
-    if format not in WRITERS: raise CliError(f"unknown format {format!r}: use {', '.join(WRITERS)}")
+    if format not in WRITERS: raise UsageError(f"unknown format {format!r}: use {', '.join(WRITERS)}")
     if Output is None and format != 'snapshot' and len(runs) > 1: *runs, Output = runs  # `RUN --format csv FILE`
-    if Output is None: raise CliError('give the output with -o')
-    source = open_readonly(store)
+    if Output is None: raise UsageError('give the output with -o')
+    source = open_store(store, readonly=True)
     try:
         runs = tuple(dict.fromkeys(runs)) or tuple(run['id'] for run in source.runs())
-        if not runs: raise CliError(f'{source.location} has no runs to export')
+        if not runs: raise UsageError(f'{source.location} has no runs to export')
         for run_id in runs: source.run(run_id)
         WRITERS[format](source, runs, Output, force)
-    except StoreError as e: raise CliError(str(e)) from None
     finally: source.close()
     print(f"exported {', '.join(runs)} to {Output}")
+
+
+def import_snapshot(path: str,  # The snapshot file to merge
+                    store: str = None,  # Store path or URL to merge into (default: $FASTWATCH_STORE, then fastwatch.db)
+                    ) -> None:
+    "Merge a snapshot's runs into a store; runs the store already has are skipped, so importing twice adds nothing."
+    source = open_store(path, readonly=True)
+    try:
+        run_ids = [run['id'] for run in source.runs()]
+        dest = open_store(store)
+        try: copied = copy_runs(source, dest, run_ids)
+        finally: dest.close()
+    finally: source.close()
+    print(f'imported {len(copied)} run(s) into {dest.location}' + (f": {', '.join(copied)}" if copied else '')
+          + (f'; {len(run_ids) - len(copied)} already there' if len(copied) < len(run_ids) else ''))

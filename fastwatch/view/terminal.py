@@ -1,32 +1,16 @@
 """`fastwatch ls` and `fastwatch show`: the store's runs on the command line (read-only, no torch)."""
 from __future__ import annotations
 
-import time
 from json import dumps
 
-from fastcore.script import CliError
-
-from .schema import StoreError
-from .store import Store, open_store
-
-
-def open_readonly(store: str | None) -> Store:
-    "Open an existing store for reading, or fail with a one-line `CliError`."
-    try: return open_store(store, readonly=True)
-    except StoreError as e: raise CliError(str(e)) from None
-
-
-def _when(timestamp: float) -> str: return time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(timestamp))
-
-
-def _number(value) -> str:
-    return '' if value is None else f'{value:.6g}' if isinstance(value, float) else str(value)
+from ..formats import format_number, format_when
+from ..store import open_store
 
 
 def ls(store: str = None,  # Store path or SQLAlchemy URL (default: $FASTWATCH_STORE, then ./fastwatch.db)
        json: bool = False):  # Print JSON instead of a table
     "List the runs in a store, newest first."
-    runs = open_readonly(store).runs()
+    runs = open_store(store, readonly=True).runs()
     if json:
         print(dumps([{k: run[k] for k in ('id', 'name', 'state', 'status', 'created_at', 'updated_at',
                                                 'heartbeat', 'error')} for run in runs], indent=1))
@@ -35,16 +19,16 @@ def ls(store: str = None,  # Store path or SQLAlchemy URL (default: $FASTWATCH_S
         print('no runs yet')
         return
     print(f"{'run':<14} {'state':<12} {'created':<20} name")
-    for run in runs: print(f"{run['id']:<14} {run['state']:<12} {_when(run['created_at']):<20} {run['name'] or ''}")
+    for run in runs:
+        print(f"{run['id']:<14} {run['state']:<12} {format_when(run['created_at']):<20} {run['name'] or ''}")
 
 
 def show(run: str,  # The run id
          store: str = None,  # Store path or SQLAlchemy URL (default: $FASTWATCH_STORE, then ./fastwatch.db)
          json: bool = False):  # Print JSON instead of text
     "Show one run: status, epochs table, final metrics and the number of recorded rows."
-    db = open_readonly(store)
-    try: record = db.run(run)
-    except StoreError as e: raise CliError(str(e)) from None
+    db = open_store(store, readonly=True)
+    record = db.run(run)
     epochs, counts = db.epochs(run), db.counts(run)
     if json:
         print(dumps({'run': record, 'epochs': epochs, 'counts': counts}, indent=1, default=str))
@@ -52,7 +36,7 @@ def show(run: str,  # The run id
     info = record['info']
     print(f"run {record['id']}  {record['name'] or ''}".rstrip())
     print(f"state: {record['state']}" + (f"  ({record['error']})" if record['error'] else ''))
-    print(f"created {_when(record['created_at'])}, last update {_when(record['updated_at'])}")
+    print(f"created {format_when(record['created_at'])}, last update {format_when(record['updated_at'])}")
     print(f"model {info.get('model')} ({info.get('n_params')} parameters), loss {info.get('loss_func')}, "
           f"{info.get('n_train')} train / {info.get('n_valid')} valid items")
     metric_names = sorted({name for epoch in epochs for name in epoch['metrics']})
@@ -62,7 +46,7 @@ def show(run: str,  # The run id
     if rows:
         print()
         print('  '.join(f'{c:>10}' for c in columns))
-        for row in rows: print('  '.join(f'{_number(v):>10}' for v in row))
-        print('\nfinal: ' + ', '.join(f'{c} {_number(v)}' for c, v in zip(columns[3:-1], rows[-1][3:-1])))
+        for row in rows: print('  '.join(f'{format_number(v):>10}' for v in row))
+        print('\nfinal: ' + ', '.join(f'{c} {format_number(v)}' for c, v in zip(columns[3:-1], rows[-1][3:-1])))
     print('\nrecorded: ' + ', '.join(f'{n} {table}' for table, n in counts.items())
           + (f", {record['lost_rows']} batch rows lost" if record['lost_rows'] else ''))

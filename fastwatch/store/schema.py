@@ -1,9 +1,10 @@
 """The store's tables, its schema version, and how an existing store is checked or upgraded."""
 from __future__ import annotations
 
-from sqlalchemy import (Boolean, Column, Float, Integer, LargeBinary, MetaData, String, Table, Text, inspect,
-                        select)
+from sqlalchemy import Boolean, Column, Float, Integer, LargeBinary, MetaData, String, Table, Text, inspect, select
 from sqlalchemy.engine import Connection
+
+from ..errors import StoreError
 
 SCHEMA_VERSION = 1
 # Upgrades from an older schema: {old_version: function(connection)} bringing it to old_version + 1.
@@ -93,10 +94,6 @@ top_losses = Table('top_losses', metadata,
                    sqlite_with_rowid=False)
 
 RUN_TABLES = (batches, batch_blocks, epochs, confusion, top_losses)
-
-
-class StoreError(Exception):
-    "A store that cannot be opened or read: the message says why, in one line."
 
 
 def ensure_schema(conn: Connection, location: str, create: bool) -> None:

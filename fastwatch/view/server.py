@@ -1,4 +1,4 @@
-"""`fastwatch serve` and `fastwatch demo`: the dashboard notebook served by Voila, and a live training to watch on it.
+"""`fastwatch serve`: the dashboard notebook served by Voila.
 
 The notebook ships inside the package (`fastwatch/app/dashboard.ipynb`, the same file as the repository's
 `apps/dashboard.ipynb`), so `fastwatch serve` works from a wheel.
@@ -7,24 +7,21 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from bokeh.util.paths import bokehjs_path
-from fastcore.script import CliError
 from jupyter_server.utils import url_path_join
 from tornado.ioloop import PeriodicCallback
 from tornado.web import StaticFileHandler
 from traitlets import Float
 from voila.app import Voila
 
+from ..errors import StoreError, UsageError
+from ..share.links import local_url
+from ..store import display_location, open_store, store_url
 from .compression import CachedGzip
-from .schema import StoreError
-from .store import open_store, store_url
 
 APP = Path(__file__).parent / 'app' / 'dashboard.ipynb'
 BOKEHJS = bokehjs_path()  # BokehJS's own files: js/bokeh.min.js
@@ -84,94 +81,43 @@ def voila_argv(port: int, host: str, token: str) -> list[str]:
             '--MappingKernelManager.cull_interval=60']
 
 
-def _location(store: str | None) -> str:
-    "The store's absolute path (or server URL), checked to be a readable fastwatch store."
+def _checked_url(store: str | None) -> str:
+    "The store's SQLAlchemy URL, checked to be a readable fastwatch store."
     url = store_url(store)
-    location = url.removeprefix('sqlite:///')
-    try: open_store(location, readonly=True).close()
-    except StoreError as e: raise CliError(f'{e} (record a run with WatchCallback first, or try fastwatch demo)')
-    return location
+    try: open_store(url, readonly=True).close()
+    except StoreError as e:
+        raise StoreError(f'{e} (record a run with WatchCallback first, or try fastwatch demo)') from None
+    return url
 
 
-def _check_port(host: str, port: int) -> None:
+def check_port(host: str, port: int) -> None:
+    "Fail with a one-line `UsageError` when `host:port` cannot be listened on."
     with socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET) as sock:
         try: sock.bind((host, port))
-        except OSError as e: raise CliError(f'cannot listen on {host}:{port} ({e.strerror}): pick another --port')
+        except OSError as e:
+            raise UsageError(f'cannot listen on {host}:{port} ({e.strerror}): pick another --port') from None
 
 
-def dashboard_url(host: str, port: int, token: str = '') -> str:
-    "The URL to open for a server listening on `host`."
+def dashboard_url(host: str, port: int, token: str = '', run: str | None = None) -> str:
+    "The URL to open for a server listening on `host` (with the run to show, if one is named)."
     name = socket.gethostname() if host in ('0.0.0.0', '::', '') else host
-    return f"http://{name}:{port}/" + (f'?token={token}' if token else '')
+    url = local_url(f'http://{name}:{port}/', run)
+    return url + ('&' if '?' in url else '?') + f'token={token}' if token else url
 
 
 def serve(store: str = None,  # store path or URL (default: $FASTWATCH_STORE, then ./fastwatch.db)
           port: int = 8866,  # port to listen on
           host: str = '127.0.0.1',  # interface to listen on; any other than localhost requires a token
           token: bool = False,  # require a token (generated, printed in the URL)
+          run: str = None,  # the run the printed URL opens (default: the page shows the newest)
           ) -> None:
     "Serve the live dashboard of a store with Voila and print its URL (Ctrl-C stops)."
-    location = _location(store)
-    _check_port(host, port)
+    url = _checked_url(store)
+    check_port(host, port)
     secret = secrets.token_urlsafe(16) if token or host not in LOOPBACK else ''
     # The viewers' kernels inherit these: the store to show, the folder whose stores `?store=` may open, and that
     # the page loads BokehJS itself.
-    os.environ.update(FASTWATCH_STORE=location, FASTWATCH_ROOT=os.getcwd(), FASTWATCH_BOKEHJS='page')
-    print(f'fastwatch dashboard of {location}\n  open {dashboard_url(host, port, secret)}', flush=True)
+    os.environ.update(FASTWATCH_STORE=url, FASTWATCH_ROOT=os.getcwd(), FASTWATCH_BOKEHJS='page')
+    print(f'fastwatch dashboard of {display_location(url)}\n  open {dashboard_url(host, port, secret, run)}',
+          flush=True)
     DashboardServer.launch_instance(argv=voila_argv(port, host, secret))
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'fastwatch'
-
-
-def _wait_for_port(host: str, port: int, server: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None: raise CliError('the dashboard server stopped: see its message above')
-        try:
-            with socket.create_connection(('127.0.0.1' if host in ('0.0.0.0', '::') else host, port), timeout=1):
-                return
-        except OSError: time.sleep(0.2)
-    raise CliError(f'the dashboard server did not start within {timeout:.0f} s')
-
-
-def train_digits(store: str, epochs: int, size: int = 28) -> None:
-    "fine_tune an untrained resnet18 on the digits (an image folder made once in the cache), recorded by WatchCallback."
-    from .callback import WatchCallback
-    from .digits import digits_dls, digits_folder, digits_learner
-    dls = digits_dls(digits_folder(_cache_dir() / 'digits'), size=size, bs=32)
-    watch = WatchCallback(store=store, name='digits demo', config={'epochs': epochs, 'size': size})
-    digits_learner(dls, arch='resnet18', cbs=watch).fine_tune(epochs, base_lr=1e-2)
-
-
-def demo(epochs: int = 6,  # epochs of fine_tune after its frozen one
-         store: str = None,  # store to record into (default: demo.db in ~/.cache/fastwatch)
-         port: int = 8866,  # port of the dashboard
-         host: str = '127.0.0.1',  # interface the dashboard listens on
-         token: bool = False,  # require a token to open the dashboard
-         no_serve: bool = False,  # only train, without serving the dashboard
-         exit_after: bool = False,  # stop serving when training ends, instead of serving until Ctrl-C
-         ) -> None:
-    "Train a small classifier on scikit-learn's digits with fine_tune and WatchCallback while serving the dashboard."
-    location = store_url(store or _cache_dir() / 'demo.db').removeprefix('sqlite:///')
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stopped like Ctrl-C: the server child stops too
-    open_store(location).close()  # create it, so that the dashboard can open it before the first run
-    server = None
-    if not no_serve:
-        _check_port(host, port)
-        command = ['serve', '--store', location, '--port', str(port), '--host', host] + (['--token'] if token else [])
-        server = subprocess.Popen([sys.executable, '-c', 'from fastwatch.cli import main; main()', *command])
-    try:
-        if server: _wait_for_port(host, port, server)
-        print(f'training on the digits, {epochs} epochs of fine_tune, recording into {location}', flush=True)
-        train_digits(location, epochs)
-        if server and not exit_after:
-            print('the dashboard keeps serving: Ctrl-C to stop', flush=True)
-            server.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if server and server.poll() is None:
-            server.terminate()
-            server.wait(10)

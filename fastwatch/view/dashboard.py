@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import html
-import json
 import os
-import threading
 import time
 from collections.abc import Mapping
 
@@ -20,12 +18,13 @@ from bokeh.resources import Resources
 from IPython.display import HTML, display
 from jupyter_bokeh import BokehModel
 
+from ..errors import StoreError
+from ..formats import format_duration, format_when
+from ..share.links import NOTEBOOK, binder_url_from_env, dashboard_query, find_notebook, local_url
+from ..store import Store
 from .charts import ConfusionChart, Layer, LossChart, SeriesChart, most_confused
-from .links import NOTEBOOK, binder_url_from_env, dashboard_query, find_notebook, local_url
 from .live import MAX_POINTS, RunFeed, follow
-from .schema import StoreError
-from .store import Store
-from .viewstore import QueryError, open_view_store, parse_query, served_root, store_files
+from .page import QueryError, open_view_store, parse_query, served_root, store_files
 
 STATES = ('live', 'finished', 'failed', 'interrupted')
 IMAGE_TYPES = ('image/png', 'image/jpeg', 'image/webp', 'image/gif')
@@ -70,47 +69,12 @@ def load_bokehjs() -> None:
     display(HTML(f"<script type='text/javascript'>{Resources(mode='inline', components=['bokeh']).js_raw[0]}</script>"))
 
 
-def _request_info(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """The page's request (its query string, host, ...) as Voila sends it to the preheated kernel a page takes:
-    `voila.utils.wait_for_request` without importing voila, which brings the Jupyter server (40 MB) into the kernel."""
-    from tornado.websocket import websocket_connect  # tornado is loaded in a kernel already
-    base = environ.get('VOILA_WS_BASE_URL') or environ.get('VOILA_SERVER_URL', '/')
-    url = (f"{environ.get('VOILA_WS_PROTOCOL', 'ws')}://{environ.get('VOILA_APP_IP', '127.0.0.1')}:"
-           f"{environ.get('VOILA_APP_PORT', '8866')}{base}voila/query/{environ['VOILA_KERNEL_ID']}")
-
-    async def receive() -> str | None:
-        connection = await websocket_connect(url, connect_timeout=5)
-        try: return await connection.read_message()
-        finally: connection.close()
-    found = {}  # the kernel's own event loop is running: wait on another, in a thread, as voila does
-    thread = threading.Thread(target=lambda: found.update(json.loads(asyncio.run(receive()) or '{}')))
-    thread.start()
-    thread.join()
-    return found
-
-
-def page_query() -> str:
-    "The page's query string. A preheated Voila kernel waits here for the page's request."
-    if os.environ.get('VOILA_PREHEAT') == 'True': os.environ.update(_request_info())
-    return os.environ.get('QUERY_STRING', '')
-
-
 def _e(value) -> str: return html.escape(str(value), quote=True)
-
-
-def _when(seconds: float | None) -> str:
-    return time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(seconds)) if seconds else '—'
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}' if seconds >= 3600 else \
-        f'{seconds // 60}:{seconds % 60:02d}'
 
 
 def run_label(run: dict) -> str:
     "How a run is named in the run picker."
-    return f"{run['name'] or 'run'} · {run['state']} · {_when(run['created_at'])[:16]} · {run['id'][:8]}"
+    return f"{run['name'] or 'run'} · {run['state']} · {format_when(run['created_at'])[:16]} · {run['id'][:8]}"
 
 
 def header_html(run: dict, epochs: list[dict], last: dict | None, now: float | None = None) -> str:
@@ -128,9 +92,9 @@ def header_html(run: dict, epochs: list[dict], last: dict | None, now: float | N
     elapsed = (now if state == 'live' else run['updated_at']) - run['created_at']
     parts = [f"<span class='fw-name'>{_e(run['name'] or 'run')}</span>", f"<code>{_e(run['id'])}</code>",
              f"<span class='fw-state fw-{state if state in STATES else 'interrupted'}'>{_e(state)}</span>",
-             f'<span>elapsed {_duration(elapsed)}</span>',
+             f'<span>elapsed {format_duration(elapsed)}</span>',
              f"<span>epoch {current} of {_e(planned) if planned else '?'}</span>", f'<span>phase {_e(phase)}</span>',
-             f"<span class='fw-muted'>last update {_when(updated)[11:]}</span>"]
+             f"<span class='fw-muted'>last update {format_when(updated)[11:]}</span>"]
     if run.get('error'): parts.append(f"<span class='fw-error'>{_e(run['error'])}</span>")
     return f"<div class='fw-header'>{''.join(parts)}</div>"
 

@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+from importlib.resources import files
 from pathlib import Path
 
-from fastcore.script import CliError
-
-from . import __version__
-from .commands import open_readonly
+from .. import __version__
+from ..errors import UsageError
+from ..store import open_store
+from ..store.files import check_new, writing
+from ..store.snapshot import write_snapshot
 from .links import BINDER_NOTEBOOK, binder_url, find_notebook
-from .outputs import check_new, writing
-from .schema import StoreError
-from .serve import APP
-from .snapshot import write_snapshot
 
 BADGE = 'https://mybinder.org/badge_logo.svg'
 PYTHON = 'python-3.11'  # binder/runtime.txt: the Python the dashboard is tested with
+APP = files('fastwatch.view') / 'app' / 'dashboard.ipynb'  # the Voila app, a file of the view package
 
 
 def working_copy() -> Path:
@@ -29,7 +28,8 @@ def working_copy() -> Path:
     try:
         out = subprocess.run(['git', 'rev-parse', '--show-toplevel'], capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
-        raise CliError('not inside a git working copy: run this in the clone of the repository Binder builds') from None
+        raise UsageError('not inside a git working copy: run this in the clone of the repository Binder builds') \
+            from None
     return Path(out.stdout.strip()).resolve()
 
 
@@ -37,7 +37,7 @@ def dashboard_notebook(root: Path) -> str:
     "The dashboard notebook's path in the repository at `root`, which must have one."
     notebook = find_notebook(root)
     if notebook: return notebook
-    raise CliError(f'{root} has no dashboard notebook for Binder to open: run `fastwatch binder` there first')
+    raise UsageError(f'{root} has no dashboard notebook for Binder to open: run `fastwatch binder` there first')
 
 
 def badge(url: str) -> str:
@@ -55,20 +55,19 @@ def share(run: str,  # The run to share
           ) -> None:
     "Share a run on Binder: write its snapshot into this repository and print the link, the badge and the git steps."
     if not repo or repo.count('/') != 1 or not all(repo.split('/')):
-        raise CliError(f'give the GitHub repository as --repo OWNER/NAME, not {repo!r}')
+        raise UsageError(f'give the GitHub repository as --repo OWNER/NAME, not {repo!r}')
     if store_url is not None and not store_url.startswith('https://'):
-        raise CliError(f'--store-url takes an https URL, not {store_url!r}')
+        raise UsageError(f'--store-url takes an https URL, not {store_url!r}')
     root = working_copy()
     notebook = dashboard_notebook(root)
-    source = open_readonly(store)
+    source = open_store(store, readonly=True)
     try:
         source.run(run)
         if store_url is None:
             target = (root / (path or f'runs/{run}.fastwatch')).resolve()
             if not target.is_relative_to(root):
-                raise CliError(f'{target} is outside the repository {root}: Binder sees only files inside it')
+                raise UsageError(f'{target} is outside the repository {root}: Binder sees only files inside it')
             write_snapshot(source, [run], target, force)
-    except StoreError as e: raise CliError(str(e)) from None
     finally: source.close()
     where = store_url or target.relative_to(root).as_posix()
     url = binder_url(repo, ref, notebook, run, where)

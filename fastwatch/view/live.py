@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from .store import Store
+from ..store import Store
 
 MAX_POINTS = 2000  # points per series sent to the browser; more are downsampled (min/max buckets)
 POLL_SECONDS = 0.25

@@ -12,17 +12,15 @@ import warnings
 
 import fastai
 import torch
-from fastcore.foundation import L
 from fastai.callback.core import Callback
 from fastai.learner import Learner, Recorder
 from fastai.torch_core import rank_distrib
+from fastcore.foundation import L
 
-from . import __version__
-from .links import DEFAULT_URL, local_url
-from .store import pack_confusion
+from .. import __version__
+from ..store import pack_confusion
 from .validation import ValidationCollector, decoded_inputs, item_name, render_input
 from .writer import Writer, exit_outcome
-
 
 PROBE_GRACE = 1.0  # seconds
 
@@ -165,8 +163,8 @@ class WatchCallback(Callback):
                'config': json.dumps(self.config, default=str), 'lost_rows': 0,
                'vocab': None if self.class_names is None else json.dumps(self.class_names)}
         self.writer.start_run(run, probe=self._probe)
-        print(f'fastwatch: recording run {self.run_id} into {self.writer.location} - watch it: fastwatch serve '
-              f'--store {self.writer.location}, then open {local_url(DEFAULT_URL, self.run_id)}')
+        print(f'fastwatch: recording run {self.run_id} into {self.writer.location} - watch it: '
+              f'fastwatch serve --store {self.writer.location} --run {self.run_id}')
 
     def _info(self) -> dict:
         learn, dls = self.learn, self.learn.dls

@@ -1,4 +1,4 @@
-"""Writing the files the CLI produces (snapshots, exports, Binder files) without ever clobbering one half-way."""
+"""Writing files (snapshots, exports, Binder files) without ever clobbering one half-way."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from fastcore.script import CliError
+from ..errors import UsageError
 
 
 def check_new(path: Path, force: bool, directory: bool = False) -> None:
@@ -16,8 +16,8 @@ def check_new(path: Path, force: bool, directory: bool = False) -> None:
     if not path.exists(): return
     if path.is_dir() != directory:
         kind, wanted = ('a directory', 'file') if path.is_dir() else ('a file', 'directory')
-        raise CliError(f'{path} is {kind}: give a {wanted} name')
-    if not force: raise CliError(f'{path} exists: pass --force to replace it')
+        raise UsageError(f'{path} is {kind}: give a {wanted} name')
+    if not force: raise UsageError(f'{path} exists: pass --force to replace it')
 
 
 @contextmanager

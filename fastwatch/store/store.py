@@ -9,39 +9,25 @@ import json
 import os
 import time
 import zlib
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.engine import Engine
 
+from ..errors import RunNotFound, StoreError
 from . import schema
 from .downsample import minmax_buckets
-from .schema import StoreError, batch_blocks, batches, confusion, epochs, runs, top_losses
+from .location import display_location, sqlite_path, store_url
+from .schema import batch_blocks, batches, confusion, epochs, runs, top_losses
 
-DEFAULT_STORE = 'fastwatch.db'
 HEARTBEAT_SECONDS = 2.0  # how often a recording process marks its open runs as alive
 STALE_AFTER = 20.0  # a `running` run whose heartbeat is older than this is reported as interrupted
 BATCH_COLUMNS = ('step', 'epoch', 'fit', 'frozen', 'loss', 'smooth_loss', 'lr', 'mom', 'time')
 
 
-class RunNotFound(StoreError, KeyError):
-    "No run with that id in the store."
-    def __str__(self): return self.args[0]
-
-
-def store_url(location: str | os.PathLike | None = None) -> str:
-    "The SQLAlchemy URL for a path or URL, defaulting to `$FASTWATCH_STORE`, then `fastwatch.db` here."
-    location = str(location or os.environ.get('FASTWATCH_STORE') or DEFAULT_STORE)
-    if '://' not in location: return f'sqlite:///{Path(location).expanduser().resolve()}'
-    for prefix in ('postgresql://', 'postgres://'):  # psycopg 3 is the driver fastwatch installs
-        if location.startswith(prefix): return 'postgresql+psycopg://' + location[len(prefix):]
-    return location
-
-
 def _sqlite_engine(url: str, readonly: bool) -> Engine:
-    path = Path(url.removeprefix('sqlite:///'))
+    path = sqlite_path(url)
     if readonly:
         if not path.is_file(): raise StoreError(f'no fastwatch store at {path}')
         url = f'sqlite:///file:{path}?mode=ro&uri=true'
@@ -72,7 +58,7 @@ def open_store(location: str | os.PathLike | None = None, readonly: bool = False
     """Open the store at a path or SQLAlchemy URL (default: `$FASTWATCH_STORE`, then `./fastwatch.db`).
     A writable store is created on first use; a read-only one must exist and be a fastwatch store."""
     url = store_url(location)
-    where = url.removeprefix('sqlite:///')
+    where = display_location(url)
     try:
         engine = _sqlite_engine(url, readonly) if url.startswith('sqlite') else _server_engine(url, readonly)
         with engine.begin() as conn: schema.ensure_schema(conn, where, create=not readonly)
@@ -174,7 +160,7 @@ class Store:
                     'series': {name: {'step': tail['step'], 'value': tail[name]} for name in schema.SUMMARISED}}
         series = {}
         for name in schema.SUMMARISED:
-            both = lambda key, rows: np.concatenate([block[f'{name}_{key}'], np.array(rows, dtype=float)])
+            both = lambda key, rows, name=name: np.concatenate([block[f'{name}_{key}'], np.array(rows, dtype=float)])
             steps, values = minmax_buckets(both('min_step', tail['step']), both('min', tail[name]),
                                            both('max_step', tail['step']), both('max', tail[name]), n)
             series[name] = {'step': steps.tolist(), 'value': values.tolist()}
@@ -190,11 +176,6 @@ class Store:
         "One dict per finished epoch: epoch, fit, frozen, step, train_loss, valid_loss, metrics, duration, time."
         rows = self._all(select(epochs).where(epochs.c.run_id == run_id).order_by(epochs.c.epoch))
         return [{**dict(row._mapping), 'metrics': json.loads(row.metrics)} for row in rows]
-
-    def confusion_epochs(self, run_id: str) -> list[int]:
-        "The epochs that have a confusion matrix."
-        query = select(confusion.c.epoch).where(confusion.c.run_id == run_id).order_by(confusion.c.epoch)
-        return [row[0] for row in self._all(query)]
 
     def _epoch(self, table, run_id: str, epoch: int) -> int | None:
         "The stored epoch that `epoch` names: itself, or the latest for -1."

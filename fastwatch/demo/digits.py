@@ -7,8 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from fastai.vision.all import (CrossEntropyLossFlat, ImageDataLoaders, Learner, Resize, error_rate, nn, params,
-                               vision_learner)
+from fastai.vision.all import (
+    CrossEntropyLossFlat,
+    ImageDataLoaders,
+    Learner,
+    Resize,
+    error_rate,
+    nn,
+    params,
+    vision_learner,
+)
 from PIL import Image
 
 

@@ -1,4 +1,5 @@
-"""Which store a dashboard page opens, from its query string: `?run=ID&store=WHERE`.
+"""What a dashboard page asks for: its query string (`?run=ID&store=WHERE`, sent by Voila to a preheated kernel),
+and the store it opens.
 
 `store` is a path inside the served folder, or an https URL of a store file (fetched read-only, with a size limit,
 and checked to be a fastwatch store before it is opened); without it the page opens the served store.
@@ -6,15 +7,19 @@ Every store is opened read-only: a viewer can change nothing.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import os
 import tempfile
+import threading
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import parse_qs
 
-from .schema import StoreError
-from .store import Store, open_store
+from ..errors import StoreError
+from ..store import Store, open_store
 
 PARAMETERS = ('run', 'store')
 VOILA_PARAMETERS = ('token', 'template', 'theme')  # Voila's own, not the dashboard's
@@ -38,6 +43,31 @@ def parse_query(query: str | None) -> dict[str, str]:
         if values and not values[0].strip(): raise QueryError(f'{key}= is empty')
         if values: found[key] = values[0].strip()
     return found
+
+
+def _request_info(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The page's request (its query string, host, ...) as Voila sends it to the preheated kernel a page takes:
+    `voila.utils.wait_for_request` without importing voila, which brings the Jupyter server (40 MB) into the kernel."""
+    from tornado.websocket import websocket_connect  # tornado is loaded in a kernel already
+    base = environ.get('VOILA_WS_BASE_URL') or environ.get('VOILA_SERVER_URL', '/')
+    url = (f"{environ.get('VOILA_WS_PROTOCOL', 'ws')}://{environ.get('VOILA_APP_IP', '127.0.0.1')}:"
+           f"{environ.get('VOILA_APP_PORT', '8866')}{base}voila/query/{environ['VOILA_KERNEL_ID']}")
+
+    async def receive() -> str | None:
+        connection = await websocket_connect(url, connect_timeout=5)
+        try: return await connection.read_message()
+        finally: connection.close()
+    found = {}  # the kernel's own event loop is running: wait on another, in a thread, as voila does
+    thread = threading.Thread(target=lambda: found.update(json.loads(asyncio.run(receive()) or '{}')))
+    thread.start()
+    thread.join()
+    return found
+
+
+def page_query() -> str:
+    "The page's query string. A preheated Voila kernel waits here for the page's request."
+    if os.environ.get('VOILA_PREHEAT') == 'True': os.environ.update(_request_info())
+    return os.environ.get('QUERY_STRING', '')
 
 
 def served_root() -> Path:

@@ -8,13 +8,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from fastcore.script import CliError
 from sqlalchemy import select
 
 from . import schema
-from .commands import open_readonly
-from .outputs import writing
-from .schema import StoreError, runs
+from .files import writing
+from .schema import runs
 from .store import Store, open_store
 
 COPY_CHUNK = 5000  # rows per INSERT while copying
@@ -48,19 +46,3 @@ def write_snapshot(store: Store, run_ids: Sequence[str], path: str | os.PathLike
             with snapshot.engine.connect() as conn: conn.exec_driver_sql('PRAGMA journal_mode=DELETE')
         finally:
             snapshot.close()
-
-
-def import_snapshot(path: str,  # The snapshot file to merge
-                    store: str = None,  # Store path or URL to merge into (default: $FASTWATCH_STORE, then fastwatch.db)
-                    ) -> None:
-    "Merge a snapshot's runs into a store; runs the store already has are skipped, so importing twice adds nothing."
-    source = open_readonly(path)
-    try:
-        run_ids = [run['id'] for run in source.runs()]
-        dest = open_store(store)
-        try: copied = copy_runs(source, dest, run_ids)
-        finally: dest.close()
-    except StoreError as e: raise CliError(str(e)) from None
-    finally: source.close()
-    print(f'imported {len(copied)} run(s) into {dest.location}' + (f": {', '.join(copied)}" if copied else '')
-          + (f'; {len(run_ids) - len(copied)} already there' if len(copied) < len(run_ids) else ''))

@@ -1,0 +1,25 @@
+"""How fastwatch writes times and numbers for people: one format for each, shared by the dashboard, the CLI and
+the exports."""
+from __future__ import annotations
+
+import math
+import time
+
+
+def format_when(timestamp: float | None) -> str:
+    "A moment as local `YYYY-mm-dd HH:MM:SS`, or a dash when there is none."
+    return time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(timestamp)) if timestamp else '—'
+
+
+def format_duration(seconds: float) -> str:
+    "A duration as fastai's Recorder prints it: mm:ss, or h:mm:ss."
+    t = max(0, int(seconds))
+    h, m, s = t // 3600, t // 60 % 60, t % 60
+    return f'{h}:{m:02d}:{s:02d}' if h else f'{m:02d}:{s:02d}'
+
+
+def format_number(value) -> str:
+    "A metric or loss: 6 significant digits; NaN and infinities as `nan`, `inf`, `-inf`; nothing for None."
+    if value is None: return ''
+    if isinstance(value, float): return str(value) if not math.isfinite(value) else f'{value:.6g}'
+    return str(value)

@@ -1,0 +1,8 @@
+"""The store: where runs live (one SQLite file by default, or a PostgreSQL URL), its schema, and snapshots.
+
+The one part every other imports; it imports no other part of fastwatch (only its errors), and no torch.
+"""
+from .location import display_location, store_url
+from .store import HEARTBEAT_SECONDS, Store, open_store, pack_confusion
+
+__all__ = ['Store', 'open_store', 'store_url', 'display_location', 'pack_confusion', 'HEARTBEAT_SECONDS']
