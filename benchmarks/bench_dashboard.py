@@ -42,7 +42,7 @@ def record_run(store: Path, steps: int, status: str = 'finished') -> str:
     loss = 2 * np.exp(-np.arange(steps) / steps * 4) + np.random.default_rng(0).random(steps) * 0.3
     for step in range(steps):
         epoch = step * 10 // steps
-        writer.add_batch((run_id, step, epoch, 0, False, loss[step], loss[step], 1e-3, 0.9, now))
+        writer.add_batch((run_id, step, epoch, 0, False, loss[step], loss[step], 1e-3, 0.9, now, None))
         if (step + 1) * 10 // steps != epoch:
             writer.add_rows('epochs', [{'run_id': run_id, 'epoch': epoch, 'fit': 0, 'frozen': False, 'step': step,
                                         'train_loss': loss[step], 'valid_loss': loss[step],

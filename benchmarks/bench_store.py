@@ -27,7 +27,7 @@ def write_run(location, run_id: str, n_rows: int) -> float:
     start = time.perf_counter()
     for step in range(n_rows):
         loss = 1.0 / (1 + step) + (step % 7) * 1e-3
-        writer.add_batch((run_id, step, step // 10_000, 0, False, loss, loss, 1e-3, 0.9, now))
+        writer.add_batch((run_id, step, step // 10_000, 0, False, loss, loss, 1e-3, 0.9, now, None))
     writer.end_run(run_id, 'finished')
     assert writer.flush(timeout=600)
     return time.perf_counter() - start

@@ -5,6 +5,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -117,7 +118,7 @@ def write_long_run(location, n_steps: int, spike_at: int) -> str:
     loss = 2 * np.exp(-np.arange(n_steps) / n_steps) + 0.05 * np.sin(np.arange(n_steps))
     loss[spike_at] = 50.0
     for step in range(n_steps):
-        writer.add_batch((run_id, step, step // 1000, 0, False, loss[step], loss[step], 1e-3, 0.9, now))
+        writer.add_batch((run_id, step, step // 1000, 0, False, loss[step], loss[step], 1e-3, 0.9, now, None))
     writer.end_run(run_id, 'finished')
     assert writer.flush(timeout=120)
     return run_id
@@ -169,3 +170,55 @@ def test_postgresql_that_is_not_a_store_is_refused(postgres_url):
     engine = create_engine(postgres_url.replace('postgresql://', 'postgresql+psycopg://'))
     with engine.begin() as conn: conn.exec_driver_sql('CREATE TABLE notes (x int)')
     with pytest.raises(StoreError, match='is not a fastwatch store'): open_store(postgres_url)
+
+
+def test_a_schema_1_store_is_upgraded_with_its_rows(tmp_path):
+    "A store written by fastwatch 0.1 (schema 1: dense confusion counts, NOT NULL top-loss values) opens as schema 2."
+    path = tmp_path / 'v1.db'
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA_1)
+    dense = np.array([[5, 1, 0], [0, 7, 2], [3, 0, 9]], dtype='<u4')
+    conn.execute("INSERT INTO runs VALUES ('r1', 'old', 'finished', NULL, 1.0, 2.0, 2.0, '{}', '{}', "
+                 "'[\"a\", \"b\", \"c\"]', 0)")
+    conn.execute('INSERT INTO confusion VALUES (?, ?, ?, ?)', ('r1', 0, 3, zlib.compress(dense.tobytes())))
+    conn.execute("INSERT INTO top_losses VALUES ('r1', 0, 0, 4, 'x.png', 'a', 'c', 0.9, 2.5, NULL, NULL, NULL)")
+    conn.execute("INSERT INTO batches VALUES ('r1', 0, 0, 0, 0, 1.5, 1.5, 0.01, 0.9, 1.0)")
+    conn.commit()
+    conn.close()
+    store = open_store(path)
+    assert store.run('r1')['name'] == 'old'
+    np.testing.assert_array_equal(store.confusion('r1')['matrix'], dense)
+    assert store.top_losses('r1')[0]['loss'] == 2.5
+    assert store.batches('r1')['loss'] == [1.5]
+    store.write({'top_losses': [{'run_id': 'r1', 'epoch': 1, 'rank': 0, 'item_index': 0, 'item': 'y', 'actual': 'a',
+                                 'predicted': 'b', 'probability': None, 'loss': None}]})
+    assert store.top_losses('r1', epoch=1)[0]['loss'] is None
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM fastwatch_meta").fetchone() == (str(schema.SCHEMA_VERSION),)
+    assert conn.execute('PRAGMA integrity_check').fetchone() == ('ok',)
+
+
+SCHEMA_1 = """
+CREATE TABLE fastwatch_meta (key VARCHAR(64) NOT NULL, value TEXT NOT NULL, PRIMARY KEY (key));
+INSERT INTO fastwatch_meta VALUES ('schema_version', '1');
+CREATE TABLE runs (id VARCHAR(32) NOT NULL, name TEXT, status VARCHAR(16) NOT NULL, error TEXT,
+  created_at FLOAT NOT NULL, updated_at FLOAT NOT NULL, heartbeat FLOAT NOT NULL, info TEXT NOT NULL,
+  config TEXT NOT NULL, vocab TEXT, lost_rows INTEGER NOT NULL, PRIMARY KEY (id));
+CREATE TABLE batches (run_id VARCHAR(32) NOT NULL, step INTEGER NOT NULL, epoch INTEGER NOT NULL,
+  fit INTEGER NOT NULL, frozen BOOLEAN NOT NULL, loss FLOAT, smooth_loss FLOAT, lr FLOAT, mom FLOAT,
+  time FLOAT NOT NULL, PRIMARY KEY (run_id, step)) WITHOUT ROWID;
+CREATE TABLE batch_blocks (run_id VARCHAR(32) NOT NULL, level INTEGER NOT NULL, block INTEGER NOT NULL,
+  last_step INTEGER NOT NULL, loss_min FLOAT, loss_min_step INTEGER, loss_max FLOAT, loss_max_step INTEGER,
+  smooth_loss_min FLOAT, smooth_loss_min_step INTEGER, smooth_loss_max FLOAT, smooth_loss_max_step INTEGER,
+  lr_min FLOAT, lr_min_step INTEGER, lr_max FLOAT, lr_max_step INTEGER, mom_min FLOAT, mom_min_step INTEGER,
+  mom_max FLOAT, mom_max_step INTEGER, PRIMARY KEY (run_id, level, block)) WITHOUT ROWID;
+CREATE TABLE epochs (run_id VARCHAR(32) NOT NULL, epoch INTEGER NOT NULL, fit INTEGER NOT NULL,
+  frozen BOOLEAN NOT NULL, step INTEGER NOT NULL, train_loss FLOAT, valid_loss FLOAT, metrics TEXT NOT NULL,
+  duration FLOAT NOT NULL, time FLOAT NOT NULL, PRIMARY KEY (run_id, epoch)) WITHOUT ROWID;
+CREATE TABLE confusion (run_id VARCHAR(32) NOT NULL, epoch INTEGER NOT NULL, n_classes INTEGER NOT NULL,
+  counts BLOB NOT NULL, PRIMARY KEY (run_id, epoch)) WITHOUT ROWID;
+CREATE TABLE top_losses (run_id VARCHAR(32) NOT NULL, epoch INTEGER NOT NULL, rank INTEGER NOT NULL,
+  item_index INTEGER NOT NULL, item TEXT NOT NULL, actual TEXT NOT NULL, predicted TEXT NOT NULL,
+  probability FLOAT NOT NULL, loss FLOAT NOT NULL, image BLOB, image_type VARCHAR(32), text TEXT,
+  PRIMARY KEY (run_id, epoch, rank)) WITHOUT ROWID;
+"""

@@ -18,7 +18,7 @@ from fastai.torch_core import rank_distrib
 from fastcore.foundation import L
 
 from .. import __version__
-from ..store import pack_confusion
+from ..store.confusion import cells_of, pack_cells
 from .validation import ValidationCollector, decoded_inputs, item_name, render_input
 from .writer import Writer, exit_outcome
 
@@ -113,10 +113,12 @@ class WatchCallback(Callback):
         if not learn.training:
             self.collector.add_batch()
             return
-        hypers = learn.opt.hypers[-1]
+        groups = learn.opt.hypers
+        hypers = groups[-1]
         with torch._C.DisableTorchFunctionSubclass(): loss = learn.loss.detach()  # 7x faster on fastai's tensors
         self.writer.add_batch((self.run_id, self.step, self.global_epoch, self.fit_index, self.frozen, loss,
-                               getattr(learn, 'smooth_loss', None), hypers.get('lr'), hypers.get('mom'), time.time()))
+                               getattr(learn, 'smooth_loss', None), hypers.get('lr'), hypers.get('mom'), time.time(),
+                               [h.get('lr') for h in groups] if len(groups) > 1 else None))
         self.step += 1
 
     def before_validate(self):
@@ -195,7 +197,7 @@ class WatchCallback(Callback):
     def _record_validation(self, result: dict) -> None:
         top, epoch, run_id, dl = result['top'], self.global_epoch, self.run_id, self.learn.dl
         self.writer.add_rows('confusion', [{'run_id': run_id, 'epoch': epoch, 'n_classes': len(result['matrix']),
-                                            'counts': pack_confusion(result['matrix'])}])
+                                            'counts': pack_cells(cells_of(result['matrix']))}])
         names = self.class_names if self.class_names and len(self.class_names) == len(result['matrix']) else None
         try: inputs = decoded_inputs(dl, [t['index'] for t in top])
         except Exception: inputs = [None] * len(top)  # items that cannot be reloaded keep their names only

@@ -7,6 +7,7 @@ and are retried with backoff.
 from __future__ import annotations
 
 import atexit
+import json
 import sys
 import threading
 import time
@@ -131,8 +132,9 @@ class Writer:
             elif kind == 'end': self._take_end(*args)
 
     def _take_batch(self, values: tuple) -> None:
-        run_id, step, epoch, fit, frozen, loss, smooth_loss, lr, mom, wall = values
-        row = (run_id, step, epoch, fit, frozen, _number(loss), _number(smooth_loss), _number(lr), _number(mom), wall)
+        run_id, step, epoch, fit, frozen, loss, smooth_loss, lr, mom, wall, lrs = values
+        row = (run_id, step, epoch, fit, frozen, _number(loss), _number(smooth_loss), _number(lr), _number(mom), wall,
+               None if lrs is None else json.dumps([_number(v) for v in lrs]))
         self._rows['batches'].append(row)
         block, current = step // schema.BLOCK_STEPS, self._blocks.get(run_id, {}).get(0)
         if current is not None and current[0] == block:  # the common case, kept short: one row per batch

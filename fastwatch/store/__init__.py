@@ -3,6 +3,6 @@
 The one part every other imports; it imports no other part of fastwatch (only its errors), and no torch.
 """
 from .location import display_location, store_url
-from .store import HEARTBEAT_SECONDS, Store, open_store, pack_confusion
+from .store import HEARTBEAT_SECONDS, Store, open_store
 
-__all__ = ['Store', 'open_store', 'store_url', 'display_location', 'pack_confusion', 'HEARTBEAT_SECONDS']
+__all__ = ['Store', 'open_store', 'store_url', 'display_location', 'HEARTBEAT_SECONDS']

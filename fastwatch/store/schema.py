@@ -1,14 +1,16 @@
 """The store's tables, its schema version, and how an existing store is checked or upgraded."""
 from __future__ import annotations
 
+import zlib
+
+import numpy as np
 from sqlalchemy import Boolean, Column, Float, Integer, LargeBinary, MetaData, String, Table, Text, inspect, select
 from sqlalchemy.engine import Connection
 
 from ..errors import StoreError
+from .confusion import cells_of, pack_cells
 
-SCHEMA_VERSION = 1
-# Upgrades from an older schema: {old_version: function(connection)} bringing it to old_version + 1.
-MIGRATIONS: dict = {}
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -41,6 +43,7 @@ batches = Table('batches', metadata,
                 Column('lr', Float),
                 Column('mom', Float),
                 Column('time', Float, nullable=False),
+                Column('lrs', Text),  # JSON list of every parameter group's lr, when the optimizer has several
                 sqlite_with_rowid=False)
 
 # Min/max summaries of consecutive batch rows, so long runs downsample without reading every row: a level-L block
@@ -70,7 +73,7 @@ epochs = Table('epochs', metadata,
                Column('time', Float, nullable=False),
                sqlite_with_rowid=False)
 
-# The confusion matrix of each validation pass: uint32 counts, row = actual, column = predicted, zlib-compressed.
+# The confusion matrix of each validation pass: its non-zero cells (`confusion.py`), row = actual, column = predicted.
 confusion = Table('confusion', metadata,
                   Column('run_id', String(32), primary_key=True),
                   Column('epoch', Integer, primary_key=True, autoincrement=False),
@@ -86,14 +89,47 @@ top_losses = Table('top_losses', metadata,
                    Column('item', Text, nullable=False),  # the item's identity, e.g. its file path
                    Column('actual', Text, nullable=False),
                    Column('predicted', Text, nullable=False),
-                   Column('probability', Float, nullable=False),
-                   Column('loss', Float, nullable=False),
+                   Column('probability', Float),  # NULL when not finite
+                   Column('loss', Float),  # NULL when not finite
                    Column('image', LargeBinary),  # thumbnail of the decoded input, for image data
                    Column('image_type', String(32)),  # e.g. image/png
                    Column('text', Text),  # short text form, for other inputs
                    sqlite_with_rowid=False)
 
-RUN_TABLES = (batches, batch_blocks, epochs, confusion, top_losses)
+# Alerts sent about a run (finished, failed, non-finite loss, a metric's threshold or plateau), in order.
+alerts = Table('alerts', metadata,
+               Column('run_id', String(32), primary_key=True),
+               Column('seq', Integer, primary_key=True, autoincrement=False),
+               Column('time', Float, nullable=False),
+               Column('trigger', String(32), nullable=False),  # finished / failed / non_finite / threshold / plateau
+               Column('message', Text, nullable=False),
+               Column('delivered', Boolean, nullable=False),  # False when every notifier failed
+               sqlite_with_rowid=False)
+
+RUN_TABLES = (batches, batch_blocks, epochs, confusion, top_losses, alerts)
+
+
+def _upgrade_from_1(conn: Connection) -> None:
+    "Schema 2: nullable top-loss values, every group's lr, sparse confusion cells, alerts."
+    if conn.dialect.name == 'sqlite':  # SQLite cannot drop a NOT NULL: rebuild the table
+        conn.exec_driver_sql('ALTER TABLE top_losses RENAME TO top_losses_v1')
+        top_losses.create(conn)
+        conn.exec_driver_sql('INSERT INTO top_losses SELECT * FROM top_losses_v1')
+        conn.exec_driver_sql('DROP TABLE top_losses_v1')
+    else:
+        for column in ('loss', 'probability'):
+            conn.exec_driver_sql(f'ALTER TABLE top_losses ALTER COLUMN {column} DROP NOT NULL')
+    conn.exec_driver_sql('ALTER TABLE batches ADD COLUMN lrs TEXT')
+    for row in conn.execute(select(confusion)).all():
+        n = row.n_classes
+        matrix = np.frombuffer(zlib.decompress(row.counts), dtype='<u4').reshape(n, n)
+        conn.execute(confusion.update().where(confusion.c.run_id == row.run_id, confusion.c.epoch == row.epoch)
+                     .values(counts=pack_cells(cells_of(matrix))))
+    alerts.create(conn)
+
+
+# Upgrades from an older schema: {old_version: function(connection)} bringing it to old_version + 1.
+MIGRATIONS = {1: _upgrade_from_1}
 
 
 def ensure_schema(conn: Connection, location: str, create: bool) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import zlib
 from typing import Any
 
 import numpy as np
@@ -17,6 +16,7 @@ from sqlalchemy.engine import Engine
 
 from ..errors import RunNotFound, StoreError
 from . import schema
+from .confusion import dense, unpack_cells
 from .downsample import minmax_buckets
 from .location import display_location, sqlite_path, store_url
 from .schema import batch_blocks, batches, confusion, epochs, runs, top_losses
@@ -188,7 +188,7 @@ class Store:
         rows = self._all(select(confusion).where(confusion.c.run_id == run_id, confusion.c.epoch == epoch))
         if not rows: return None
         n = rows[0].n_classes
-        matrix = np.frombuffer(zlib.decompress(rows[0].counts), dtype='<u4').reshape(n, n).astype(np.int64)
+        matrix = dense(unpack_cells(rows[0].counts), n)
         vocab = self.run(run_id)['vocab']
         if not vocab or len(vocab) != n: vocab = [str(i) for i in range(n)]
         return {'epoch': epoch, 'vocab': vocab, 'matrix': matrix}
@@ -225,7 +225,3 @@ class Store:
         names = table.c.keys()
         return [tuple(row.get(name) for name in names) for row in rows]
 
-
-def pack_confusion(matrix: np.ndarray) -> bytes:
-    "The stored form of a confusion matrix: zlib-compressed little-endian uint32 counts."
-    return zlib.compress(np.ascontiguousarray(matrix, dtype='<u4').tobytes(), 1)
