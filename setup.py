@@ -33,6 +33,8 @@ setuptools.setup(
         'train': reqs('train_requirements'),
         'export': reqs('export_requirements'),
         'postgres': reqs('postgres_requirements'),
+        'publish': reqs('publish_requirements'),
+        'alerts': reqs('alerts_requirements'),
         'dev': reqs('dev_requirements') + reqs('train_requirements'),
     },
     entry_points={'console_scripts': cfg['console_scripts'].split()},

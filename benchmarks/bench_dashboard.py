@@ -25,7 +25,7 @@ import numpy as np
 from playwright.sync_api import sync_playwright
 
 sys.path.insert(0, str(Path(__file__).parents[1] / 'tests'))
-from browser import POINTS_JS, free_port, kernels, launch, open_dashboard, served  # noqa: E402
+from browser import POINTS_JS, free_port, kernels, launch, open_dashboard, served, with_query  # noqa: E402
 
 from fastwatch import open_store  # noqa: E402
 from fastwatch.record.writer import Writer  # noqa: E402
@@ -91,7 +91,7 @@ def live_latency(browser, url: str, store: Path, rows: int = 60, every: float = 
     context = browser.new_context()
     page = context.new_page()
     time.sleep(6)
-    open_dashboard(page, f'{url}?run={run_id}')
+    open_dashboard(page, with_query(url, run=run_id))
     page.evaluate(f"""() => {{ window.seenAt = {{}}; setInterval(() => {{
         const n = ({POINTS_JS})('loss'); if (!(n in window.seenAt)) window.seenAt[n] = Date.now() / 1000; }}, 5); }}""")
     committed = {}
@@ -115,8 +115,9 @@ def screenshots(browser, out: Path, port: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         demo = subprocess.Popen([sys.executable, '-c', 'from fastwatch.cli import main; main()', 'demo', '--epochs',
                                  '3', '--port', str(port), '--store', f'{tmp}/demo.db', '--exit-after'],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         try:
+            url = next(line.split('open ', 1)[1].strip() for line in demo.stdout if 'open http' in line)
             store = None
             while store is None or not store.runs() or len(store.epochs(store.runs()[0]['id'])) < 2:
                 time.sleep(1)
@@ -124,7 +125,7 @@ def screenshots(browser, out: Path, port: int) -> None:
             for name, viewport in (('desktop', {'width': 1280, 'height': 1800}),
                                    ('phone', {'width': 390, 'height': 844})):
                 page = browser.new_page(viewport=viewport, device_scale_factor=2 if name == 'phone' else 1)
-                open_dashboard(page, f'http://127.0.0.1:{port}/')
+                open_dashboard(page, url)
                 page.wait_for_selector('.fw-gallery img')
                 time.sleep(2)
                 assert page.evaluate('document.documentElement.scrollWidth') <= viewport['width'], 'overflows'
@@ -149,13 +150,14 @@ def main() -> None:
         print(f'recorded a 1,000,000-step run in {time.perf_counter() - started:.0f} s')
         with served(store, Path(tmp)) as url:
             for steps, run_id in (('1,000', small), ('1,000,000', large)):
-                for visit, times in zip(('first visit', 'second visit'), first_render(browser, f'{url}?run={run_id}')):
+                visits = first_render(browser, with_query(url, run=run_id))
+                for visit, times in zip(('first visit', 'second visit'), visits):
                     print(f'first render, {steps} steps, {visit}: median {np.median(times):.2f} s (runs: '
                           + ', '.join(f'{t:.2f}' for t in times) + ')')
-            cold, warm = first_render(browser, f'{url}?run={small}', pause=0.5)
+            cold, warm = first_render(browser, with_query(url, run=small), pause=0.5)
             print('first render, 1,000 steps, visits back to back (the next preheated kernel starting meanwhile): '
                   f'median {np.median(cold + warm):.2f} s (runs: ' + ', '.join(f'{t:.2f}' for t in cold + warm) + ')')
-            http, ws, memory = page_weight(browser, f'{url}?run={large}')
+            http, ws, memory = page_weight(browser, with_query(url, run=large))
             print(f'page weight: {(http + ws) / 1e6:.2f} MB ({http / 1e6:.2f} MB HTTP, {ws / 1e6:.2f} MB WebSocket)')
             print('kernel memory (peak RSS): ' + ', '.join(f'{m:.0f} MB' for m in sorted(memory)))
             latencies = live_latency(browser, url, store)

@@ -26,17 +26,26 @@ from fastwatch.demo.digits import digits_dls, digits_folder, digits_learner
 
 
 class TimedWatchCallback(WatchCallback):
-    "WatchCallback that adds up the time its events take in the training thread, per event name."
+    """WatchCallback that adds up the time its events take in the training thread, per event name: wall time
+    (`perf_counter`) and the thread's own CPU time (`thread_time`, which time slices lost to other processes on a
+    busy machine do not inflate)."""
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.spent: dict[str, float] = {}
+        self.spent_cpu: dict[str, float] = {}
 
     def __call__(self, event_name):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         result = super().__call__(event_name)
         if event_name == 'after_batch': event_name += ' train' if self.learn.training else ' valid'
         self.spent[event_name] = self.spent.get(event_name, 0.0) + time.perf_counter() - start
+        self.spent_cpu[event_name] = self.spent_cpu.get(event_name, 0.0) + time.thread_time() - start_cpu
         return result
+
+
+def thread_cpu(thread) -> float:
+    "The CPU seconds a running thread (the writer's) has used so far."
+    return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
 
 
 def pct(x: float) -> str: return f'{100 * x:+.2f}%'
@@ -88,33 +97,46 @@ def bench_overhead(dls, arch: str, rounds: int, epochs: int, work: Path) -> None
     }
     wall = {name: [] for name in cases}
     cpu = {name: [] for name in cases}
-    spent, steps = {}, 0
+    spent, spent_cpu, steps, writer_cpu, writer = {}, {}, 0, 0.0, None
     run_case(dls, arch, lambda: [], 1)  # warm-up
     for _ in range(rounds):
         for name, make in cases.items():
+            # The writer thread lives on between rounds (one per store and process): count its CPU per round.
+            writer_before = thread_cpu(writer._thread) if writer is not None and name == 'WatchCallback' else 0.0
             seconds, cpu_seconds, learn = run_case(dls, arch, make, epochs)
             wall[name].append(seconds); cpu[name].append(cpu_seconds)
             if name == 'WatchCallback':
                 watch = next(cb for cb in learn.cbs if isinstance(cb, TimedWatchCallback))
                 for event, seconds in watch.spent.items(): spent[event] = spent.get(event, 0.0) + seconds
+                for event, seconds in watch.spent_cpu.items(): spent_cpu[event] = spent_cpu.get(event, 0.0) + seconds
                 steps += (epochs + 1) * (len(dls.train) + len(dls.valid))
-    callback_time = sum(spent.values())
+                writer = watch.writer
+                writer_cpu += thread_cpu(writer._thread) - writer_before
+    callback_time, callback_cpu = sum(spent.values()), sum(spent_cpu.values())
     base = wall['none']
     floor = statistics.median((a - b) / b for a, b in zip(wall['none (A/A)'], base))
+    cpu_floor = statistics.median((a - b) / b for a, b in zip(cpu['none (A/A)'], cpu['none']))
     print(f'\n## fine_tune({epochs}) of {arch} on digits: {rounds} interleaved rounds '
           f'(median step {1000 * statistics.median(base) / ((epochs + 1) * (len(dls.train) + len(dls.valid))):.1f} ms)')
-    print(f"{'case':<22}{'min s':>8}{'median s':>10}{'paired wall':>14}{'paired CPU':>12}")
+    print(f"{'case':<22}{'min s':>8}{'median s':>10}{'paired wall':>14}{'paired CPU':>12}{'CPU ratio':>11}")
     for name in cases:
         diff = statistics.median((a - b) / b for a, b in zip(wall[name], base))
         cpu_diff = statistics.median((a - b) / b for a, b in zip(cpu[name], cpu['none']))
         shown = pct(diff) if abs(diff) > abs(floor) or name == 'none' else 'below noise'
-        print(f'{name:<22}{min(wall[name]):>8.3f}{statistics.median(wall[name]):>10.3f}{shown:>14}{pct(cpu_diff):>12}')
-    print(f'noise floor (A/A median paired difference): {pct(floor)}')
+        cpu_shown = pct(cpu_diff) if abs(cpu_diff) > abs(cpu_floor) or name == 'none' else 'below noise'
+        ratio = statistics.median(cpu[name]) / statistics.median(cpu['none'])
+        print(f'{name:<22}{min(wall[name]):>8.3f}{statistics.median(wall[name]):>10.3f}{shown:>14}{cpu_shown:>12}'
+              f'{ratio:>11.3f}')
+    print(f'noise floor (A/A median paired difference): wall {pct(floor)}, CPU {pct(cpu_floor)}')
     batch_time = statistics.median(base) / steps * rounds
-    print(f'WatchCallback in the training thread: {1e6 * callback_time / steps:.1f} us per batch on average '
-          f'= {100 * callback_time / steps / batch_time:.2f}% of the mean batch time; by kind of work:')
-    for kind, share in spent_by_kind(spent).items():
-        print(f'  {kind:<44}{1e6 * share / steps:>8.1f} us per batch')
+    batch_cpu = statistics.median(cpu['none']) / steps * rounds
+    print(f'WatchCallback in the training thread: {1e6 * callback_time / steps:.1f} us wall per batch on average '
+          f'= {100 * callback_time / steps / batch_time:.2f}% of the mean batch time; {1e6 * callback_cpu / steps:.1f}'
+          f' us CPU = {100 * callback_cpu / steps / batch_cpu:.2f}% of the mean batch CPU time; by kind of work:')
+    for (kind, share), share_cpu in zip(spent_by_kind(spent).items(), spent_by_kind(spent_cpu).values()):
+        print(f'  {kind:<60}{1e6 * share / steps:>8.1f} us wall {1e6 * share_cpu / steps:>8.1f} us CPU per batch')
+    print(f'writer thread: {1e6 * writer_cpu / steps:.1f} us CPU per batch = '
+          f'{100 * writer_cpu / steps / batch_cpu:.2f}% of the mean batch CPU time (rows, store writes, thumbnails)')
 
 
 def bench_validation(dls, work: Path, rounds: int) -> None:

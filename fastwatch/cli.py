@@ -20,6 +20,7 @@ COMMANDS = {
     'export': ('fastwatch.share.exports', 'export', []),
     'import': ('fastwatch.share.exports', 'import_snapshot', ['path']),
     'share': ('fastwatch.share.binder', 'share', ['run']),
+    'publish': ('fastwatch.share.publish', 'publish', ['run']),
     'binder': ('fastwatch.share.binder', 'binder', ['path']),
     'demo': ('fastwatch.demo.command', 'demo', []),
 }

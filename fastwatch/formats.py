@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import unicodedata
 
 
 def format_when(timestamp: float | None) -> str:
@@ -23,3 +24,8 @@ def format_number(value) -> str:
     if value is None: return ''
     if isinstance(value, float): return str(value) if not math.isfinite(value) else f'{value:.6g}'
     return str(value)
+
+
+def printable(text: str) -> str:
+    "Text for a terminal: control characters (escape sequences among them) shown as `\\x1b`-style escapes."
+    return ''.join(c if c in '\n\t' or unicodedata.category(c) != 'Cc' else repr(c)[1:-1] for c in text)

@@ -1,15 +1,20 @@
-"""Helpers for the end-to-end tests and benchmarks: a real `fastwatch serve`, Debian's chromium driven by playwright."""
+"""Helpers for the end-to-end tests and benchmarks: a real `fastwatch serve`, Debian's chromium driven by playwright,
+a local HTTPS server with a certificate of its own."""
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlencode
 
 CHROMIUM = '/usr/bin/chromium'
 CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -34,16 +39,18 @@ def free_port() -> int:
 
 
 @contextmanager
-def served(store: Path, cwd: Path, timeout: float = 60, config: dict | None = None, host: str = '127.0.0.1'):
-    """`fastwatch serve` on a free port of `host` for the duration, with Voila `config` (`{class: {trait: value}}`):
-    the URL it prints."""
+def served(store: Path, cwd: Path, timeout: float = 60, config: dict | None = None, host: str = '127.0.0.1',
+           args: tuple[str, ...] = (), env: dict | None = None):
+    """`fastwatch serve` on a free port of `host` for the duration, with more command-line `args` (`--root DIR`),
+    environment variables `env` and Voila `config` (`{class: {trait: value}}`): the URL it prints, with its token
+    (`with_query` adds to it)."""
     port = free_port()
-    env = dict(os.environ)
+    env = {**os.environ, **(env or {})}
     if config:  # read by the server from its voila.json
         (cwd / 'jupyter-config').mkdir(exist_ok=True)
         (cwd / 'jupyter-config' / 'voila.json').write_text(json.dumps(config))
         env['JUPYTER_CONFIG_DIR'] = str(cwd / 'jupyter-config')
-    command = ['serve', '--store', str(store), '--port', str(port), '--host', host]
+    command = ['serve', '--store', str(store), '--port', str(port), '--host', host, *args]
     server = subprocess.Popen([sys.executable, '-c', 'from fastwatch.cli import main; main()', *command], cwd=cwd,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -62,6 +69,46 @@ def served(store: Path, cwd: Path, timeout: float = 60, config: dict | None = No
     finally:
         server.terminate()
         server.wait(20)
+
+
+def with_query(url: str, **params: str) -> str:
+    "A served URL (`http://host:port/?token=T`) with more query parameters: `with_query(url, run=run_id)`."
+    return f'{url}&{urlencode(params)}' if '?' in url else f'{url}?{urlencode(params)}'
+
+
+def self_signed_certificate(folder: Path, host: str = '127.0.0.1') -> tuple[Path, Path]:
+    "A certificate for `host` and its key, made with openssl; trusted by a process through SSL_CERT_FILE."
+    cert, key = folder / 'cert.pem', folder / 'key.pem'
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', f'/CN={host}',
+                    '-addext', f'subjectAltName=IP:{host},DNS:localhost', '-keyout', str(key), '-out', str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+@contextmanager
+def https_server(cert: Path, key: Path, routes: dict):
+    """A local HTTPS server in a thread, answering each path with `routes[path](handler)` (a
+    `BaseHTTPRequestHandler`), 404 otherwise: its base URL, `https://127.0.0.1:PORT`."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            route = routes.get(self.path.split('?', 1)[0])
+            if route is None: self.send_error(404)
+            else:
+                try: route(self)
+                except (BrokenPipeError, ConnectionResetError, ssl.SSLError): pass  # the client hung up
+
+        def log_message(self, *args): pass
+
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+    server.daemon_threads = True
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try: yield f'https://127.0.0.1:{server.server_address[1]}'
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def kernels(url: str) -> dict[str, float]:

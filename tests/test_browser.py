@@ -17,6 +17,7 @@ from browser import (
     train_in_background,
     wait_for_kernels,
     wait_for_points,
+    with_query,
 )
 from conftest import train
 
@@ -60,7 +61,7 @@ def page(browser):
 
 
 def test_a_run_page_shows_charts_confusion_gallery_and_names_as_text(site, page):
-    open_dashboard(page, f"{site['url']}?run={site['run_id']}")
+    open_dashboard(page, with_query(site['url'], run=site['run_id']))
     store = open_store(site['store'], readonly=True)
     wait_for_points(page, store.counts(site['run_id'])['batches'])
     assert page.evaluate('Bokeh.documents.some(d => [...d._all_models.values()].some('
@@ -75,7 +76,7 @@ def test_a_run_page_shows_charts_confusion_gallery_and_names_as_text(site, page)
 
 
 def test_hovering_the_charts_shows_exact_values(site, page):
-    open_dashboard(page, f"{site['url']}?run={site['run_id']}")
+    open_dashboard(page, with_query(site['url'], run=site['run_id']))
     boxes = page.eval_on_selector_all('canvas', 'cs => cs.map(c => c.getBoundingClientRect().toJSON())')
     shown = set()
     for box in [b for b in boxes if b['width'] > 100 and b['height'] < 300]:  # the series charts, not the matrix
@@ -94,7 +95,7 @@ def test_the_loss_series_grows_while_another_process_trains(site, page, digits_p
         assert trainer.poll() is None, 'the training ended before it was seen'
         time.sleep(0.1)
     run_id = store.runs()[0]['id']
-    open_dashboard(page, f"{site['url']}?run={run_id}")
+    open_dashboard(page, with_query(site['url'], run=run_id))
     seen = [points(page)]
     while trainer.poll() is None:
         time.sleep(0.3)
@@ -115,7 +116,7 @@ def test_a_closed_page_shuts_its_small_kernel_down(site, browser, digits_path):
     preheated = wait_for_kernels(site['url'], PREHEATED_KERNELS, timeout=ORPHAN_SECONDS + 20)
     context = browser.new_context()
     page = context.new_page()
-    open_dashboard(page, f"{site['url']}?run={store.runs()[0]['id']}")  # its kernel follows the live run
+    open_dashboard(page, with_query(site['url'], run=store.runs()[0]['id']))  # its kernel follows the live run
     viewer = page_kernel(page)
     assert viewer in preheated and kernels(site['url'])[viewer] < 150  # MB: the viewer's kernel, at its peak
     page.close(run_before_unload=True)  # as a tab is closed
@@ -130,7 +131,7 @@ def test_a_closed_page_shuts_its_small_kernel_down(site, browser, digits_path):
 def test_an_abandoned_page_loses_its_kernel(site, browser):
     context = browser.new_context()
     page = context.new_page()
-    open_dashboard(page, f"{site['url']}?run={site['run_id']}")
+    open_dashboard(page, with_query(site['url'], run=site['run_id']))
     viewer = page_kernel(page)
     context.close()  # gone without a word (no beforeunload): a crashed browser, a phone out of network
     deadline = time.monotonic() + ORPHAN_SECONDS + 5
@@ -140,7 +141,7 @@ def test_an_abandoned_page_loses_its_kernel(site, browser):
 def test_a_phone_sees_stacked_charts_and_no_horizontal_scrolling(site, browser):
     context = browser.new_context(viewport={'width': 390, 'height': 844}, is_mobile=True, has_touch=True)
     page = context.new_page()
-    open_dashboard(page, f"{site['url']}?run={site['run_id']}")
+    open_dashboard(page, with_query(site['url'], run=site['run_id']))
     page.wait_for_selector('.fw-gallery img')
     boxes = page.eval_on_selector_all('canvas', 'cs => cs.map(c => c.getBoundingClientRect().toJSON())')
     charts = {(round(box['left']), round(box['top']), round(box['right'])) for box in boxes if box['width'] > 100}
@@ -153,7 +154,7 @@ def test_a_phone_sees_stacked_charts_and_no_horizontal_scrolling(site, browser):
 
 
 def test_an_unknown_run_is_a_message_listing_the_runs(site, page):
-    page.goto(f"{site['url']}?run=nope")
+    page.goto(with_query(site['url'], run='nope'))
     page.wait_for_selector('.fw-message')
     text = page.inner_text('.fw-message')
     assert "no run 'nope'" in text and HOSTILE in text and 'Traceback' not in page.inner_text('body')

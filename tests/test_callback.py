@@ -215,3 +215,48 @@ def test_plain_tensor_data_without_vocab_records_confusion_and_text_items(tmp_pa
     top = store.top_losses(run['id'])
     assert len(top) == 16 and all(t['image'] is None and t['text'].startswith('tensor(') for t in top)
     assert {t['actual'] for t in top} <= set(confusion['vocab'])
+
+
+class GroupLRs(Callback):
+    "Keeps every parameter group's lr of each training batch, as fastai's scheduler set it."
+    def __init__(self): self.lrs = []
+
+    def after_batch(self):
+        if self.training: self.lrs.append([h['lr'] for h in self.learn.opt.hypers])
+
+
+def test_every_parameter_groups_lr_is_recorded(dls, tmp_path):
+    groups = GroupLRs()
+    learn = train(dls, tmp_path / 'lrs.db', epochs=1, extra_cbs=[groups])  # fine_tune: slice(base_lr / 100, base_lr)
+    store = open_store(tmp_path / 'lrs.db')
+    batches = store.batches(store.runs()[0]['id'])
+    assert len(learn.opt.hypers) == 2 and len(batches['lrs']) == len(groups.lrs) == 2 * len(dls.train)
+    np.testing.assert_allclose(batches['lrs'], groups.lrs, rtol=1e-12)
+    np.testing.assert_allclose(batches['lr'], [lrs[-1] for lrs in groups.lrs], rtol=1e-12)
+    assert all(lo < hi for lo, hi in batches['lrs'])  # discriminative: the body learns slower than the head
+
+
+def fit_printing(learn, capsys) -> str:
+    "Fit once; everything it printed and warned, in one string."
+    with learn.no_bar(), learn.no_logging(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        learn.fit(1)
+        learn.watch.writer.flush(timeout=5)
+    out = capsys.readouterr()
+    return '\n'.join([out.out, out.err, *(str(w.message) for w in caught)])
+
+
+def test_the_store_password_never_appears_in_output(dls, postgres_url, capsys):
+    from fastwatch.store import hide_password
+    learn = digits_learner(dls, cbs=WatchCallback(store=postgres_url))  # its password is `fastwatch`
+    printed = fit_printing(learn, capsys)
+    assert 'fastwatch: recording run' in printed and ':***@127.0.0.1' in printed and ':fastwatch@' not in printed
+    assert open_store(postgres_url).runs()[0]['status'] == 'finished'
+    for secret, url in [('s3cret-pw', 'postgresql://fastwatch:s3cret-pw@127.0.0.1:1/nowhere'),  # unreachable
+                        ('wrong-s3cret', postgres_url.replace(':fastwatch@', ':wrong-s3cret@'))]:  # refused
+        learn = digits_learner(dls, cbs=WatchCallback(store=url))
+        printed = fit_printing(learn, capsys)
+        assert 'cannot write to the store' in printed and ':***@127.0.0.1' in printed and secret not in printed
+    # libpq's connection strings name it too, in messages a driver may pass on.
+    assert hide_password("password=s3cret-pw host=x 'password = \"s3cret-pw\"'", 'postgresql://u:s3cret-pw@h/d') \
+        == "password=*** host=x 'password = \"***\"'"

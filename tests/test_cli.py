@@ -65,3 +65,19 @@ def test_unknown_command_and_help():
     help_text = fastwatch('--help').stdout
     assert 'ls ' in help_text and 'show ' in help_text
     assert '--json' in fastwatch('ls', '--help').stdout
+
+
+def test_names_with_terminal_escapes_are_printed_escaped(tmp_path, capsys):
+    "A run name (or error) with escape sequences cannot drive the user's terminal through `ls` or `show`."
+    from fastwatch.cli import run_command
+    from fastwatch.store import open_store
+    path = tmp_path / 'escapes.db'
+    name = 'evil\x1b]0;pwned\x07\x1b[2J name'
+    run = {'id': 'r1', 'name': name, 'status': 'failed', 'error': 'boom\x1b[31m', 'created_at': 1.0, 'updated_at': 2.0,
+           'heartbeat': 2.0, 'info': '{}', 'config': '{}', 'vocab': None, 'lost_rows': 0}
+    open_store(path).write({'runs': [run]})
+    for command in (['ls'], ['show', 'r1']):
+        assert run_command(command[0], [*command[1:], '--store', str(path)]) == 0
+        out = capsys.readouterr().out
+        assert '\x1b' not in out and '\x07' not in out
+        assert r'evil\x1b]0;pwned\x07\x1b[2J name' in out

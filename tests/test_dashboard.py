@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import filecmp
-import functools
-import http.server
 import sqlite3
 import threading
 from pathlib import Path
@@ -18,10 +16,11 @@ from nbclient import NotebookClient
 from fastwatch import RunNotFound, StoreError, open_store
 from fastwatch.demo.digits import digits_dls, digits_folder
 from fastwatch.share.links import binder_url, binder_url_from_env, local_url
+from fastwatch.store.confusion import cells_of
 from fastwatch.view.charts import most_confused
 from fastwatch.view.dashboard import Dashboard, dashboard
 from fastwatch.view.live import RunFeed, fit_spans, follow
-from fastwatch.view.page import QueryError, fetch_store, open_view_store, parse_query
+from fastwatch.view.page import QueryError, open_view_store, parse_query
 
 ROOT = Path(__file__).parents[1]
 HOSTILE = '<img src=x onerror=alert(1)>'
@@ -188,24 +187,6 @@ def test_parse_query():
     with pytest.raises(QueryError): parse_query('run=')
 
 
-def test_fetch_store_checks_size_and_kind(trained, tmp_path):
-    served = tmp_path / 'served'
-    served.mkdir()
-    copy_store(trained['path'], served / 'a.db')
-    (served / 'page.html').write_text('<html>' * 100)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=served)
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f'http://127.0.0.1:{server.server_address[1]}'
-    try:
-        path = fetch_store(f'{base}/a.db', tmp_path / 'fetched' / 'a.db')
-        assert open_store(path, readonly=True).runs()[0]['id'] == trained['run_id']
-        with pytest.raises(StoreError, match='limit'): fetch_store(f'{base}/a.db', tmp_path / 'b.db', limit=1000)
-        with pytest.raises(StoreError, match='not a fastwatch store'): fetch_store(f'{base}/page.html', tmp_path / 'c')
-    finally:
-        server.shutdown()
-
-
 def test_share_links():
     assert local_url('http://127.0.0.1:8866/', run='r1') == 'http://127.0.0.1:8866/?run=r1'
     url = binder_url('me/proj', 'main', run='r1', store='runs/a.fastwatch')
@@ -225,7 +206,7 @@ def test_share_control_gives_the_binder_link_on_binder(trained):
 
 def test_most_confused():
     matrix = np.array([[5, 2, 0], [4, 5, 1], [0, 0, 9]])
-    assert most_confused(matrix, ['a', 'b', 'c']) == [('b', 'a', 4), ('a', 'b', 2), ('b', 'c', 1)]
+    assert most_confused(cells_of(matrix), ['a', 'b', 'c']) == [('b', 'a', 4), ('a', 'b', 2), ('b', 'c', 1)]
 
 
 def test_packaged_notebook_is_the_app():

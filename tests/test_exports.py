@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -95,3 +98,52 @@ def test_export_refuses_bad_input(trained, tmp_path, capsys, case):
     assert existing.read_text() == 'precious'
     assert (tmp_path / 'tb' / trained['run_id'] / 'keep').read_text() == 'precious'
     assert sorted(p.name for p in tmp_path.iterdir()) == ['history.csv', 'tb']
+
+
+def test_two_runs_and_no_output_is_refused_not_written_to_the_second(trained, tmp_path, capsys, monkeypatch):
+    two = tmp_path / 'two.fastwatch'
+    assert export(trained, '-o', str(two)) == 0
+    add_empty_run(two, 'other')
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert run_command('export', [trained['run_id'], 'other', '--format', 'tensorboard', '--store', str(two)]) == 1
+    assert capsys.readouterr().err == 'fastwatch export: give the output with -o\n'
+    assert not (tmp_path / 'other').exists() and not [p for p in tmp_path.iterdir() if p.is_dir()]
+
+
+# Reads the target as fast as it can until told to stop: how often it was missing, and what it found (a folder's
+# number of files, a file's size) while it was the target (a reader that opened the old one as it was swapped out
+# reads it as it is removed).
+WATCH = """import os, sys
+target, seen, missing = sys.argv[1], set(), 0
+print('watching', flush=True)
+while not os.path.exists(sys.argv[2]):
+    try:
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            found = str(len(os.listdir(fd))) if os.path.isdir(target) else os.fstat(fd).st_size
+            if os.stat(target).st_ino == os.fstat(fd).st_ino: seen.add(found)
+        finally: os.close(fd)
+    except FileNotFoundError: missing += 1
+print(missing, sorted(seen))
+"""
+
+
+@pytest.mark.parametrize('format', ['tensorboard', 'snapshot'])
+def test_force_replaces_a_target_in_one_step(trained, tmp_path, format):
+    "Another process that reads the target while it is replaced again and again never finds it missing or partial."
+    if format == 'tensorboard':
+        target = tmp_path / 'tb' / trained['run_id']
+        argv = ['--format', 'tensorboard', '-o', str(tmp_path / 'tb')]
+    else:
+        target = tmp_path / 'run.fastwatch'
+        argv = ['-o', str(target)]
+    assert export(trained, *argv) == 0
+    whole = str(len(os.listdir(target))) if target.is_dir() else target.stat().st_size
+    stop = tmp_path / 'stop'
+    watcher = subprocess.Popen([sys.executable, '-c', WATCH, str(target), str(stop)], stdout=subprocess.PIPE, text=True)
+    assert watcher.stdout.readline() == 'watching\n'
+    for _ in range(10): assert export(trained, *argv, '--force') == 0
+    stop.touch()
+    assert watcher.stdout.read() == f'0 {[whole]}\n'  # never missing, only ever the whole export
+    assert watcher.wait(timeout=10) == 0

@@ -1,4 +1,4 @@
-"""`fastwatch serve` over HTTP, without a browser: compressed static files, and a token off localhost."""
+"""`fastwatch serve` over HTTP, without a browser: compressed static files, and a token on every interface."""
 from __future__ import annotations
 
 import gzip
@@ -30,7 +30,7 @@ def test_static_files_are_compressed_once_and_arrive_unchanged(tmp_path):
     add_empty_run(tmp_path / 'store.db', 'a-run')
     bokehjs = BOKEHJS / 'js' / 'bokeh.min.js'  # 1 MB: tornado sends it in pieces
     with served(tmp_path / 'store.db', tmp_path) as url:
-        url += 'fastwatch/static/js/bokeh.min.js'
+        url = url.replace('/?', '/fastwatch/static/js/bokeh.min.js?')
         first, second = (get(url, **{'Accept-Encoding': 'gzip'}) for _ in range(2))
         plain = get(url)
         unchanged = get(url, **{'Accept-Encoding': 'gzip', 'If-None-Match': first[1]['Etag']})
@@ -41,11 +41,25 @@ def test_static_files_are_compressed_once_and_arrive_unchanged(tmp_path):
     assert 'Content-Encoding' not in plain[1] and unchanged[0] == 304
 
 
+def asks_for_the_token(url: str) -> None:
+    "The printed URL opens the page; without its token, or with another, the server asks for it."
+    token = url.split('?token=')[1]
+    assert len(token) >= 32 and get(url)[0] == 200
+    for wrong in (url.split('?')[0], url.replace(token, token[::-1]), url.split('?')[0] + 'voila/api/shutdown/x'):
+        status, headers, _ = get(wrong)
+        assert status in (302, 403, 405) and (status != 302 or '/login' in headers['Location']), wrong
+    assert get(url.split('?')[0] + 'api/kernels')[0] in (302, 403)
+
+
 def test_another_interface_asks_for_the_printed_token(tmp_path):
     add_empty_run(tmp_path / 'store.db', 'a-run')
     with served(tmp_path / 'store.db', tmp_path, host='0.0.0.0') as url:
-        assert url.startswith(f'http://{socket.gethostname()}:') and len(url.split('?token=')[1]) >= 16
-        local = url.replace(socket.gethostname(), '127.0.0.1')
-        assert get(local)[0] == 200
-        status, headers, _ = get(local.split('?')[0])
-        assert status == 302 and '/login' in headers['Location']
+        assert url.startswith(f'http://{socket.gethostname()}:')
+        asks_for_the_token(url.replace(socket.gethostname(), '127.0.0.1'))
+
+
+def test_loopback_asks_for_the_printed_token_too(tmp_path):
+    add_empty_run(tmp_path / 'store.db', 'a-run')
+    with served(tmp_path / 'store.db', tmp_path) as url:
+        assert url.startswith('http://127.0.0.1:')
+        asks_for_the_token(url)

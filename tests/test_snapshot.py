@@ -123,3 +123,29 @@ def test_import_refuses_what_is_not_a_fastwatch_store(tmp_path, capsys, content)
     assert status == 1 and stdout == '' and err.count('\n') == 1
     assert err.startswith('fastwatch import: ') and str(bogus) in err
     assert not dest.exists() and bogus.read_bytes() == before
+
+
+def test_importing_a_fuller_snapshot_adds_the_rows_the_store_lacks(trained, tmp_path, capsys):
+    snapshot, merged = tmp_path / 'run.fastwatch', tmp_path / 'team.db'
+    run_id = trained['run_id']
+    cli(capsys, 'export', run_id, '-o', str(snapshot), '--store', str(trained['path']))
+    cli(capsys, 'import', str(snapshot), '--store', str(merged))
+    with sqlite3.connect(merged) as conn:  # as if imported from a snapshot taken mid-run
+        for table in ('batches', 'epochs', 'confusion', 'top_losses'):
+            after = 'step > 20' if table == 'batches' else 'epoch > 0'
+            conn.execute(f'DELETE FROM {table} WHERE run_id = ? AND {after}', (run_id,))
+        conn.execute("DELETE FROM batch_blocks WHERE run_id = ?", (run_id,))
+        conn.execute("UPDATE runs SET status = 'running', updated_at = updated_at - 60 WHERE id = ?", (run_id,))
+    store = open_store(merged)
+    partial = run_rows(store, run_id)
+    lacking = sum(len(rows) for rows in run_rows(trained['store'], run_id).values()) - sum(
+        len(rows) for table, rows in partial.items() if table != 'runs')
+    status, out, _ = cli(capsys, 'import', str(snapshot), '--store', str(merged))
+    assert status == 0 and f'completed 1 run(s) with the rows they lacked: {run_id} (+{lacking})' in out
+    assert run_rows(store, run_id) == run_rows(trained['store'], run_id)
+    assert store.run(run_id)['status'] == 'finished'
+    # Importing it again changes nothing.
+    status, out, _ = cli(capsys, 'import', str(snapshot), '--store', str(merged))
+    assert status == 0 and 'imported 0 run(s)' in out and '1 already there' in out and 'completed' not in out
+    assert run_rows(store, run_id) == run_rows(trained['store'], run_id)
+    store.close()

@@ -44,7 +44,6 @@ def demo(epochs: int = 6,  # epochs of fine_tune after its frozen one
          store: str = None,  # store to record into (default: demo.db in ~/.cache/fastwatch)
          port: int = 8866,  # port of the dashboard
          host: str = '127.0.0.1',  # interface the dashboard listens on
-         token: bool = False,  # require a token to open the dashboard
          no_serve: bool = False,  # only train, without serving the dashboard
          exit_after: bool = False,  # stop serving when training ends, instead of serving until Ctrl-C
          ) -> None:
@@ -56,7 +55,7 @@ def demo(epochs: int = 6,  # epochs of fine_tune after its frozen one
     server = None
     if not no_serve:
         check_port(host, port)
-        command = ['serve', '--store', location, '--port', str(port), '--host', host] + (['--token'] if token else [])
+        command = ['serve', '--store', location, '--port', str(port), '--host', host]
         server = subprocess.Popen([sys.executable, '-c', 'from fastwatch.cli import main; main()', *command])
     try:
         if server: _wait_for_port(host, port, server)

@@ -1,14 +1,22 @@
 """The confusion matrix and the highest-loss items of a validation pass, gathered from fastai's own pass.
 
 Each batch adds what `learn.pred` and `learn.yb` already hold (per-item loss with the loss function's reduction
-set to none, as `ClassificationInterpretation` computes it): no extra forward pass. Everything stays on the
-model's device until the pass ends, so no batch adds a device synchronisation.
+set to none, as `ClassificationInterpretation` computes it): no extra forward pass. Only per-item values are kept
+(loss, predicted class, its probability, target), on the model's device until the pass ends, so no batch adds a
+device synchronisation and nothing grows with the square of the number of classes: the confusion matrix is
+counted once, at the end, as the non-zero cells of its (actual, predicted) pairs.
+
+Positions in the pass are mapped back to dataset indices (a text classifier's `SortedDL` reorders its items),
+and under `distrib_ctx` every rank collects its share and rank 0 merges them without `DistributedDL`'s padding.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+import numpy as np
 import torch
+from fastai.distributed import DistributedDL
 from fastai.learner import Learner
 from fastai.torch_core import TensorImageBase, to_device
 
@@ -17,10 +25,53 @@ from .thumbnails import thumbnail_png, to_pixels
 MAX_TEXT = 200
 
 
-def is_single_label(pred: torch.Tensor, targ: torch.Tensor) -> bool:
-    "True for single-label classification: one score per class, one integer class per item."
-    return (pred.ndim == 2 and targ.ndim == 1 and len(pred) == len(targ)
-            and not targ.is_floating_point() and not targ.is_complex())
+def class_targets(pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor | None:
+    """The class of each item for single-label classification (one score per class, one integer class per item,
+    as `(bs,)` or tabular's `(bs, 1)`), else None."""
+    if targ.ndim == 2 and targ.shape[1] == 1: targ = targ[:, 0]
+    single = (pred.ndim == 2 and targ.ndim == 1 and len(pred) == len(targ)
+              and not targ.is_floating_point() and not targ.is_complex())
+    return targ if single else None
+
+
+def base_loader(dl):
+    "The loader whose items a pass's dataset indices name: the one `DistributedDL` wraps, or `dl` itself."
+    return dl.dl if isinstance(dl, DistributedDL) else dl
+
+
+def distributed_training_pass(learn: Learner) -> bool | None:
+    """Under `distrib_ctx`, whether this validation pass is a training fit's, decided alike on every rank (each then
+    collects its share: a rank that skipped the collective would hang the others); None outside `distrib_ctx`."""
+    if not isinstance(learn.dl, DistributedDL): return None
+    # fastai's evaluations (validate, get_preds) restart the iteration count: only a training fit's pass follows steps.
+    return getattr(learn, 'train_iter', 0) > 0 and not hasattr(learn, 'gather_preds')
+
+
+def pass_order(dl, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The dataset index of each of the pass's first `count` items, and whether each is a real item rather than
+    `DistributedDL`'s padding (it repeats items so that every rank gets as many)."""
+    positions = np.arange(count)
+    # fastai's DataLoader.__iter__ keeps the order it drew this pass's items in (SortedDL's, or a rank's share).
+    order = getattr(dl, '_DataLoader__idxs', None)
+    try: indices = np.asarray(order[:count], dtype=np.int64) if len(order) >= count else positions
+    except (TypeError, ValueError): indices = positions  # no order kept, or an iterable dataset's
+    if not isinstance(dl, DistributedDL): return indices, np.ones(count, dtype=bool)
+    start = dl.rank * dl.n_padded // dl.world_size
+    return indices, start + positions < dl.n
+
+
+def _gather(local):
+    "Every rank's `local` on every rank (a collective: each rank calls it once per pass)."
+    gathered = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, local)
+    return gathered
+
+
+def merge_cells(cells: np.ndarray) -> np.ndarray:
+    "(actual, predicted, count) rows with repeated cells added up, sorted by actual then predicted."
+    if not len(cells): return cells.reshape(0, 3)
+    pairs, inverse = np.unique(cells[:, :2], axis=0, return_inverse=True)
+    return np.column_stack([pairs, np.bincount(inverse.ravel(), weights=cells[:, 2]).astype(np.int64)])
 
 
 class ValidationCollector:
@@ -28,8 +79,7 @@ class ValidationCollector:
 
     def __init__(self, learn: Learner, k: int):
         self.learn, self.k = learn, k
-        self.classification = True
-        self.matrix = None
+        self.classification, self.n_classes = True, None
         self.losses, self.decoded, self.probs, self.targets = [], [], [], []
 
     def add_batch(self) -> None:
@@ -38,36 +88,62 @@ class ValidationCollector:
         with torch._C.DisableTorchFunctionSubclass(): self._add(self.learn.pred, self.learn.yb[0])
 
     def _add(self, pred: torch.Tensor, targ: torch.Tensor) -> None:
-        if not is_single_label(pred, targ):
+        classes = class_targets(pred, targ)
+        if classes is None or self.n_classes not in (None, pred.shape[1]):
             self.classification = False
             return
         loss_func = self.learn.loss_func
-        with self.learn.loss_not_reduced(): losses = self.learn.loss_func(pred, targ)
-        if losses.shape != targ.shape:
-            self.classification = False
-            return
+        with self.learn.loss_not_reduced(): losses = loss_func(pred, targ)
         probs = loss_func.activation(pred) if hasattr(loss_func, 'activation') else pred.softmax(-1)
         decoded = loss_func.decodes(probs) if hasattr(loss_func, 'decodes') else probs.argmax(-1)
-        n = pred.shape[1]
-        if self.matrix is None: self.matrix = torch.zeros(n * n, dtype=torch.long, device=targ.device)
-        self.matrix.index_add_(0, targ.long() * n + decoded.long(), torch.ones_like(targ, dtype=torch.long))
+        if losses.shape != classes.shape or decoded.shape != classes.shape:
+            self.classification = False
+            return
+        self.n_classes = pred.shape[1]
         self.losses.append(losses.detach().float())
-        self.decoded.append(decoded.detach())
+        self.decoded.append(decoded.detach().long())
         self.probs.append(probs.detach().gather(-1, decoded.long()[:, None])[:, 0].float())
-        self.targets.append(targ.detach())
+        self.targets.append(classes.detach().long())
+
+    def _local(self) -> dict | None:
+        "This process's share: the confusion cells and top-k of its items, without padding and ignored targets."
+        if not self.classification or self.n_classes is None: return None
+        n, targets, decoded = self.n_classes, torch.cat(self.targets), torch.cat(self.decoded)
+        indices, real = pass_order(self.learn.dl, len(targets))
+        # Targets outside the vocabulary (-100, the loss's ignore_index) are left out, as the loss leaves them out.
+        keep = torch.as_tensor(real, device=targets.device) & (targets >= 0) & (targets < n)
+        pairs, counts = torch.unique(targets[keep] * n + decoded[keep], return_counts=True)
+        pairs, counts = pairs.cpu().numpy(), counts.cpu().numpy()
+        kept = keep.nonzero()[:, 0]
+        losses = torch.cat(self.losses)[kept]
+        top_loss, top = losses.topk(min(self.k, len(losses)))
+        at = kept[top]
+        columns = {'loss': top_loss, 'actual': targets[at], 'predicted': decoded[at],
+                   'probability': torch.cat(self.probs)[at]}
+        columns = {name: values.cpu().numpy() for name, values in columns.items()}
+        return {'n_classes': n, 'cells': np.column_stack([pairs // n, pairs % n, counts]).astype(np.int64),
+                'top': {'index': indices[at.cpu().numpy()], **columns}}
 
     def result(self) -> dict | None:
-        "`{'matrix': (n, n) numpy counts, 'top': [{'index', 'loss', 'actual', 'predicted', 'probability'}]}`."
-        if not self.classification or self.matrix is None: return None
-        n = int(round(self.matrix.numel() ** 0.5))
-        losses = torch.cat(self.losses)
-        top_loss, top_index = losses.topk(min(self.k, len(losses)))
-        columns = {'index': top_index, 'loss': top_loss, 'actual': torch.cat(self.targets)[top_index],
-                   'predicted': torch.cat(self.decoded)[top_index],
-                   'probability': torch.cat(self.probs)[top_index]}
-        columns = {name: values.cpu().tolist() for name, values in columns.items()}
-        top = [dict(zip(columns, values)) for values in zip(*columns.values())]
-        return {'matrix': self.matrix.view(n, n).cpu().numpy(), 'top': top}
+        """`{'n_classes', 'cells': (k, 3) (actual, predicted, count), 'top': [{'index', 'loss', 'actual', 'predicted',
+        'probability'}]}` with dataset indices, highest loss first; None when the pass is not single-label
+        classification, and on every rank but 0 under `distrib_ctx`."""
+        if not isinstance(self.learn.dl, DistributedDL): return self._merge([self._local()])
+        try: local = self._local()
+        except Exception:
+            _gather(None)  # still join the collective: the other ranks would wait for this one forever
+            raise
+        shares = _gather(local)
+        return self._merge(shares) if torch.distributed.get_rank() == 0 else None
+
+    def _merge(self, shares: list[dict | None]) -> dict | None:
+        "The whole pass from every process's share."
+        if any(s is None or s['n_classes'] != shares[0]['n_classes'] for s in shares): return None
+        cells = merge_cells(np.concatenate([s['cells'] for s in shares]))
+        top = {name: np.concatenate([s['top'][name] for s in shares]) for name in shares[0]['top']}
+        order = np.argsort(-np.nan_to_num(top['loss'], nan=np.inf), kind='stable')[:self.k]  # NaN first, as topk
+        rows = [dict(zip(top, values)) for values in zip(*(top[name][order].tolist() for name in top))]
+        return {'n_classes': shares[0]['n_classes'], 'cells': cells, 'top': rows}
 
 
 def item_name(dl, index: int, root: Path | None = None) -> str:
@@ -85,6 +161,12 @@ def item_name(dl, index: int, root: Path | None = None) -> str:
 
 def decoded_inputs(dl, indices: list[int]) -> list:
     "The inputs of items `indices`, through the validation transforms and back, as fastai's `show_batch` has them."
+    tabular = sys.modules.get('fastai.tabular.core')  # loaded wherever a TabDataLoader exists
+    if tabular is not None and isinstance(dl, tabular.TabDataLoader):  # rows, not samples: as its show_batch has them
+        rows = dl.dataset.iloc[list(indices)].decode()
+        return [' '.join(f'{name}={value if isinstance(value, str) else format(value, ".6g")}'
+                         for name, value in row.items())
+                for _, row in rows.items[rows.x_names].iterrows()]
     batch = dl.do_batch([dl.do_item(i) for i in indices])
     batch = dl.after_batch(to_device(batch, dl.device))
     return [sample[0] for sample in dl.decode_batch(batch, max_n=len(indices))]

@@ -1,8 +1,8 @@
 """The background writer: the training thread hands it rows in O(1); a thread writes them to the store in batches.
 
 Monitoring must never break or slow training, so a store that fails (unwritable, locked, disk full, server down)
-costs one warning: rows stay buffered (up to a bound, oldest dropped first and counted in the run's `lost_rows`)
-and are retried with backoff.
+costs one warning: rows of every kind stay buffered (up to a bound per table, the oldest dropped first and counted
+in the run's `lost_rows`) and are retried with backoff, and once more for up to `EXIT_WAIT` s at process exit.
 """
 from __future__ import annotations
 
@@ -16,9 +16,16 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 
 import numpy as np
+from sqlalchemy import event
 
-from ..store import HEARTBEAT_SECONDS, display_location, open_store, schema, store_url
+from ..store import HEARTBEAT_SECONDS, Store, display_location, hide_password, open_store, schema, store_url
 from ..store.downsample import summarise
+from ..store.store import unavailable
+
+EXIT_WAIT = 10.0  # seconds the process's exit waits for the last rows to be written, even to a failing store
+# How long a write waits for another process's lock on a SQLite store before it counts as failing: a writer thread
+# held in SQLite's busy handler could not bound its buffer meanwhile.
+SQLITE_LOCK_WAIT_MS = 2000
 
 # A probe is asked each tick whether an open run ended without telling: it returns None or (status, error).
 Probe = Callable[[], 'tuple[str, str | None] | None']
@@ -50,8 +57,11 @@ class Writer:
             if writer is None or not writer._thread.is_alive(): writer = cls._writers[url] = cls(url)
         return writer
 
-    def __init__(self, url: str, flush_every: float = 0.5, max_buffered: int = 1_000_000):
-        self.url, self.flush_every, self.max_buffered = url, flush_every, max_buffered
+    def __init__(self, url: str, flush_every: float = 0.5, max_buffered: int = 1_000_000,
+                 max_buffered_items: int = 10_000):
+        "While the store fails, at most `max_buffered` rows of each table are kept, `max_buffered_items` top losses."
+        self.url, self.flush_every = url, flush_every
+        self.max_buffered, self.max_buffered_items = max_buffered, max_buffered_items
         self.location = display_location(url)
         # Appended by training threads, drained by the writer thread: batch rows as bare tuples, everything
         # else as a list [kind, ...].
@@ -62,11 +72,16 @@ class Writer:
         self._store = None
         self._rows: dict[str, list] = defaultdict(list)
         self._updates: dict[str, dict] = defaultdict(dict)
-        self._markers: list[threading.Event] = []
+        self._markers: list[tuple[threading.Event, bool]] = []  # (marker, whether it waits through failures)
         self._blocks: dict[str, dict] = {}  # run id -> {level: (open block, its points, their last steps)}
         self._lost: dict[str, int] = defaultdict(int)
+        self._refused_runs: set[str] = set()  # runs whose refused rows were already warned about
         self._failures, self._retry_at, self._last_beat = 0, 0.0, 0.0
-        self.failing = False
+        self.failing, self._failed_at = False, 0.0
+        # Objects with `before_write(rows, updates)` (alerts: may add rows to the write) and/or
+        # `after_write(rows, updates)` (publishing), called in this thread on each tick the store works; one whose
+        # `done` is true is dropped.
+        self.hooks: list = []
         self._thread = threading.Thread(target=self._loop, name='fastwatch-writer', daemon=True)
         self._thread.start()
         atexit.register(self._at_exit)
@@ -98,12 +113,13 @@ class Writer:
         if self._open.pop(run_id, 'closed') != 'closed':
             self._queue.append(['end', run_id, status, error])
 
-    def flush(self, timeout: float = 10.0) -> bool:
-        "Ask for everything queued so far to be written; wait at most `timeout` s (not at all while failing)."
+    def flush(self, timeout: float = 10.0, through_failures: bool = False) -> bool:
+        """Ask for everything queued so far to be written and wait at most `timeout` s: True once it is. While the
+        store fails this returns at once, unless `through_failures`: then the writer retries on every tick."""
         marker = threading.Event()
-        self._queue.append(['marker', marker])
+        self._queue.append(['marker', marker, through_failures])
         self._wake.set()
-        return not self.failing and marker.wait(timeout)
+        return (through_failures or not self.failing) and marker.wait(timeout)
 
     # --- the writer thread --------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -114,7 +130,7 @@ class Writer:
                 self._drain()
                 self._beat()
                 if self.failing: self._bound_buffer()
-                if time.monotonic() >= self._retry_at: self._write()
+                if time.monotonic() >= self._retry_at or any(insist for _, insist in self._markers): self._write()
             except Exception as e:  # a bug here must not end the thread that keeps the buffer
                 warnings.warn(f'fastwatch: writer error: {type(e).__name__}: {e}', RuntimeWarning)
 
@@ -127,7 +143,7 @@ class Writer:
             kind, *args = item
             if kind == 'rows': self._rows[args[0]].extend(args[1])
             elif kind == 'update': self._updates[args[0]].update(args[1])
-            elif kind == 'marker': self._markers.append(args[0])
+            elif kind == 'marker': self._markers.append(tuple(args))
             elif kind == 'later': self._take_later(args[0])
             elif kind == 'end': self._take_end(*args)
 
@@ -200,41 +216,87 @@ class Writer:
         self._drain()
 
     def _bound_buffer(self) -> None:
-        "While the store fails, keep at most `max_buffered` batch rows: the newest."
-        excess = len(self._rows['batches']) - self.max_buffered
-        if excess <= 0: return
-        for row in self._rows['batches'][:excess]: self._lost[row[0]] += 1
-        del self._rows['batches'][:excess]
+        "While the store fails, keep the newest rows of each table up to its bound; count the others as lost."
+        for table, rows in self._rows.items():
+            if table == 'runs': continue  # one per run, and the other rows refer to it
+            excess = len(rows) - (self.max_buffered_items if table == 'top_losses' else self.max_buffered)
+            if excess <= 0: continue
+            for row in rows[:excess]: self._lost[row[0] if type(row) is tuple else row['run_id']] += 1
+            del rows[:excess]
+
+    def _open_store(self) -> Store:
+        store = open_store(self.url)
+        if store.engine.dialect.name == 'sqlite':
+            event.listen(store.engine, 'connect',
+                         lambda conn, _: conn.execute(f'PRAGMA busy_timeout={SQLITE_LOCK_WAIT_MS}'))
+            store.engine.dispose()  # so that every connection the writer uses has it
+        return store
 
     def _write(self) -> None:
+        self._call_hooks('before_write', self._rows, self._updates)
+        written: tuple[dict, dict] = ({}, {})
         if self._rows or self._updates:
             for run_id, lost in self._lost.items(): self._updates[run_id]['lost_rows'] = lost
             try:
-                if self._store is None: self._store = open_store(self.url)
-                self._store.write(self._rows, self._updates)
+                if self._store is None: self._store = self._open_store()
+                self._write_rows()
             except Exception as e:
                 self._fail(e)
                 return
             self._recover()
+            written = self._rows, self._updates
             self._rows, self._updates = defaultdict(list), defaultdict(dict)
-        for marker in self._markers: marker.set()
+        self._call_hooks('after_write', *written)
+        for marker, _ in self._markers: marker.set()
         self._markers = []
+
+    def _call_hooks(self, method: str, rows: dict, updates: dict) -> None:
+        "Let each hook see this tick's rows; a failing hook is a warning, never a lost write."
+        for hook in list(self.hooks):
+            try: getattr(hook, method, lambda *_: None)(rows, updates)
+            except Exception as e:
+                warnings.warn(f'fastwatch: {type(hook).__name__} failed: {type(e).__name__}: {e}', RuntimeWarning)
+            if getattr(hook, 'done', False): self.hooks.remove(hook)  # in place: training threads append
+
+    def _write_rows(self) -> None:
+        """Write this tick's rows in one transaction. If the database refuses it and the store itself is fine, write
+        them one by one instead: a row refused alone is dropped and counted in its run's `lost_rows`."""
+        try: return self._store.write(self._rows, self._updates)
+        except Exception as e:
+            if unavailable(e): raise
+        refused = {}  # run id -> rows refused now
+        for table, row, error in self._store.write_apart(self._rows, self._updates):
+            run_id = row[0] if type(row) is tuple else row.get('run_id', row.get('id'))
+            self._lost[run_id] += 1
+            refused[run_id] = refused.get(run_id, 0) + 1
+            if run_id in self._refused_runs: continue
+            self._refused_runs.add(run_id)
+            message = getattr(error, 'orig', None) or error  # the database's own message, without SQLAlchemy's SQL
+            cause = hide_password(' '.join(f'{type(error).__name__}: {message}'.split())[:300], self.url)
+            warnings.warn(f'fastwatch: the store {self.location} refused a row of {table} for run {run_id} ({cause}); '
+                          "it is dropped and counted in the run's lost_rows, as is any other row it refuses. "
+                          'Recording goes on.', RuntimeWarning)
+        if refused: self._store.write({}, {run_id: {'lost_rows': self._lost[run_id]} for run_id in refused})
 
     def _fail(self, error: Exception) -> None:
         self._failures += 1
         self._retry_at = time.monotonic() + min(30.0, 0.5 * 2 ** self._failures)
         if not self.failing:
-            self.failing = True
-            warnings.warn(f'fastwatch: cannot write to the store {self.location}: {str(error).splitlines()[0]}. '
-                          'Training goes on; rows are kept in memory and retried.', RuntimeWarning)
-        for marker in self._markers: marker.set()  # nobody waits on a failing store
-        self._markers = []
+            self.failing, self._failed_at = True, time.time()
+            cause = hide_password(str(error).splitlines()[0] if str(error) else type(error).__name__, self.url)
+            # The time makes each outage's warning new to Python's filter, which shows a repeated one only once.
+            warnings.warn(f'fastwatch: cannot write to the store {self.location} (at {time.strftime("%H:%M:%S")}): '
+                          f'{cause}. Training goes on; rows are kept in memory and retried.', RuntimeWarning)
+        for marker, insist in self._markers:  # only a flush through failures waits on a failing store
+            if not insist: marker.set()
+        self._markers = [(marker, insist) for marker, insist in self._markers if insist]
 
     def _recover(self) -> None:
         if self.failing:
             lost = sum(self._lost.values())
-            warnings.warn(f'fastwatch: the store {self.location} is writable again'
-                          + (f'; {lost} batch rows were lost' if lost else '; nothing was lost'), RuntimeWarning)
+            warnings.warn(f'fastwatch: the store {self.location} is writable again after '
+                          f'{time.time() - self._failed_at:.1f} s'
+                          + (f'; {lost} rows were lost' if lost else '; nothing was lost'), RuntimeWarning)
         self.failing, self._failures = False, 0
 
     def _at_exit(self) -> None:
@@ -242,5 +304,7 @@ class Writer:
         status, error = exit_outcome(getattr(sys, 'last_value', None),
                                      unknown=('interrupted', 'the process exited before the fit ended'))
         for run_id in list(self._open): self.end_run(run_id, status, error)
-        self._retry_at = 0.0
-        self.flush(timeout=10.0)
+        if not self.flush(timeout=EXIT_WAIT, through_failures=True) and self.failing:
+            left = sum(map(len, list(self._rows.values()))) + len(self._queue)
+            warnings.warn(f'fastwatch: the store {self.location} still fails at exit: {left} rows were not written',
+                          RuntimeWarning)

@@ -16,7 +16,8 @@ from ..errors import UsageError
 from ..store import open_store
 from ..store.files import check_new, writing
 from ..store.snapshot import write_snapshot
-from .links import BINDER_NOTEBOOK, binder_url, find_notebook
+from .links import BINDER_NOTEBOOK, FASTWATCH_REPO, binder_url, find_notebook, published_binder_url
+from .publish import public_url
 
 BADGE = 'https://mybinder.org/badge_logo.svg'
 PYTHON = 'python-3.11'  # binder/runtime.txt: the Python the dashboard is tested with
@@ -52,8 +53,10 @@ def share(run: str,  # The run to share
           store_url: str = None,  # The https URL of a snapshot hosted elsewhere: print its link, write nothing
           store: str = None,  # Store path or URL to read the run from (default: $FASTWATCH_STORE, then ./fastwatch.db)
           force: bool = False,  # Replace an existing snapshot file
+          published: str = None,  # A published run's https URL or publish target: print the link that follows it
           ) -> None:
     "Share a run on Binder: write its snapshot into this repository and print the link, the badge and the git steps."
+    if published is not None: return share_published(run, published, repo or FASTWATCH_REPO, ref)
     if not repo or repo.count('/') != 1 or not all(repo.split('/')):
         raise UsageError(f'give the GitHub repository as --repo OWNER/NAME, not {repo!r}')
     if store_url is not None and not store_url.startswith('https://'):
@@ -81,6 +84,16 @@ def share(run: str,  # The run to share
     else:
         print(f'Upload the snapshot to {store_url} (`fastwatch export {run} -o FILE` writes it); '
               f'the link opens it once {repo} at {ref} has the Binder files (`fastwatch binder`).')
+
+
+def share_published(run: str, published: str, repo: str = FASTWATCH_REPO, ref: str = 'main') -> None:
+    "Print the Binder link that follows a published run live (`published`: its https URL, or where it was published)."
+    url = published if published.startswith('https://') else public_url(published, run)
+    if url is None:
+        raise UsageError(f'give the https URL that serves {published} (fastwatch cannot tell it): --published https://…')
+    link = published_binder_url(url, run, repo, ref)
+    print(f'Binder link that follows run {run} live (anyone with the link can read the run):\n{link}\n\n'
+          f'Badge (Markdown):\n{badge(link)}')
 
 
 def binder_files() -> dict[str, str]:

@@ -7,6 +7,8 @@
 - `voila_urlpath(notebook, run, store)` -> `'voila/render/apps/dashboard.ipynb?run=ID'`: the path on a Jupyter server.
 - `binder_url_from_env(environ, notebook, run, store)` -> this Binder session's link to the view; None off Binder.
 - `find_notebook(root)` -> the dashboard notebook's path in a repository: `fastwatch binder`'s, else fastwatch's own.
+- `published_binder_url(published, run)` -> the Binder link (fastwatch's own repository) that follows a run
+  published at an https URL; `follow_links(published, run)` -> that and the `fastwatch serve` link, as lines.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ NOTEBOOK = 'apps/dashboard.ipynb'  # the Voila app's path in fastwatch's reposit
 BINDER_NOTEBOOK = 'binder/dashboard.ipynb'  # where `fastwatch binder` puts it in a user's repository
 BINDER = 'https://mybinder.org'
 DEFAULT_URL = 'http://127.0.0.1:8866/'  # where `fastwatch serve` listens unless told otherwise
+FASTWATCH_REPO = 'fastwatch/fastwatch'  # its Binder image has the dashboard, without torch
 
 
 def dashboard_query(run: str | None = None, store: str | None = None) -> str:
@@ -62,3 +65,14 @@ def binder_url_from_env(environ: Mapping[str, str], notebook: str = NOTEBOOK, ru
 def find_notebook(root: Path) -> str | None:
     "The dashboard notebook's path in the repository at `root`: the one `fastwatch binder` wrote, or fastwatch's own."
     return next((notebook for notebook in (BINDER_NOTEBOOK, NOTEBOOK) if (root / notebook).is_file()), None)
+
+
+def published_binder_url(published: str, run: str | None = None, repo: str = FASTWATCH_REPO, ref: str = 'main') -> str:
+    "The Binder link that follows, live, a run published at the https URL `published` (its folder or index.json)."
+    return binder_url(repo, ref, NOTEBOOK, run, published)
+
+
+def follow_links(published: str, run: str | None = None) -> str:
+    "How to follow a published run, as two lines: on Binder, and on any `fastwatch serve`."
+    return (f'  on Binder: {published_binder_url(published, run)}\n'
+            f'  on any fastwatch serve: {local_url(DEFAULT_URL, run, published)}')

@@ -2,7 +2,7 @@
 
 The one part every other imports; it imports no other part of fastwatch (only its errors), and no torch.
 """
-from .location import display_location, store_url
+from .location import display_location, hide_password, store_url
 from .store import HEARTBEAT_SECONDS, Store, open_store
 
-__all__ = ['Store', 'open_store', 'store_url', 'display_location', 'HEARTBEAT_SECONDS']
+__all__ = ['Store', 'open_store', 'store_url', 'display_location', 'hide_password', 'HEARTBEAT_SECONDS']

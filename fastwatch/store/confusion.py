@@ -33,3 +33,13 @@ def dense(cells: np.ndarray, n: int) -> np.ndarray:
     matrix = np.zeros((n, n), dtype=np.int64)
     np.add.at(matrix, (cells[:, 0], cells[:, 1]), cells[:, 2])
     return matrix
+
+
+def binned(cells: np.ndarray, n: int, side: int) -> tuple[np.ndarray, int]:
+    """The matrix of `n` classes at most `side` × `side`: each bin adds up `size` consecutive actual and predicted
+    classes. Returns the (m, m) int64 counts and `size`; size 1 is the matrix itself."""
+    size = max(1, -(-n // side))
+    m = -(-n // size)
+    matrix = np.zeros((m, m), dtype=np.int64)
+    np.add.at(matrix, (cells[:, 0] // size, cells[:, 1] // size), cells[:, 2])
+    return matrix, size

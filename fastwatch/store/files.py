@@ -1,6 +1,8 @@
 """Writing files (snapshots, exports, Binder files) without ever clobbering one half-way."""
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import shutil
 import tempfile
@@ -9,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import UsageError
+
+AT_FDCWD, RENAME_EXCHANGE = -100, 2  # from Linux's <fcntl.h> and <linux/fs.h>
 
 
 def check_new(path: Path, force: bool, directory: bool = False) -> None:
@@ -20,17 +24,40 @@ def check_new(path: Path, force: bool, directory: bool = False) -> None:
     if not force: raise UsageError(f'{path} exists: pass --force to replace it')
 
 
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux's `renameat2(RENAME_EXCHANGE)`); False where the system or
+    the filesystem has no such call."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), 'renameat2', None)
+    if renameat2 is None: return False
+    if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0: return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP): return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def replace(new: Path, path: Path) -> None:
+    """Put `new` in the place of `path`. A file, or a directory for a missing `path`, moves in one rename; an existing
+    directory is swapped with `new` in one step where Linux can (then `new` holds the old one), so that a reader
+    sees the old or the new, never a missing or half-written one. Elsewhere the old directory is first moved aside
+    (to `new`'s name plus `.old`): `path` is missing between two renames."""
+    if not path.is_dir():
+        os.replace(new, path)
+    elif not exchange(new, path):
+        os.rename(path, new.with_name(new.name + '.old'))
+        os.rename(new, path)
+
+
 @contextmanager
 def writing(path: str | os.PathLike, force: bool = False, directory: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary path next to `path` for the caller to create (a file, or a directory if `directory`);
-    when the block succeeds it replaces `path`, and when it fails it is removed: `path` is untouched or complete."""
+    when the block succeeds it replaces `path` (see `replace`), and when it fails it is removed: `path` is untouched
+    or complete."""
     path = Path(path)
     check_new(path, force, directory)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', dir=path.parent)) / path.name
     try:
         yield tmp
-        if path.is_dir(): shutil.rmtree(path)  # os.replace moves a directory only onto an empty one
-        os.replace(tmp, path)
+        replace(tmp, path)
     finally:
         shutil.rmtree(tmp.parent)

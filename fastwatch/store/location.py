@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from urllib.parse import quote
 
 from sqlalchemy.engine import make_url
 
@@ -31,3 +33,14 @@ def display_location(location: str | os.PathLike | None) -> str:
     if path is not None: return str(path)
     try: return make_url(url).render_as_string(hide_password=True)
     except Exception: return url.split('://', 1)[0] + '://…'  # not a URL SQLAlchemy reads: show no part of it
+
+
+def hide_password(text: str, location: str | os.PathLike | None) -> str:
+    """`text` (an error message, say) with the store URL's password masked where a URL (`user:PASSWORD@`) or a
+    libpq connection string (`password=PASSWORD`) shows it, quoted or not."""
+    try: password = make_url(store_url(location)).password
+    except Exception: return text
+    if not password: return text
+    for form in {password, quote(password, safe='')}:
+        text = re.sub(rf"(:|password\s*=\s*['\"]?){re.escape(form)}(?=[@'\"\s&]|$)", r'\1***', text)
+    return text

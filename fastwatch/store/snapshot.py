@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import Table, select
+from sqlalchemy.engine import Connection
 
 from . import schema
 from .files import writing
@@ -18,21 +19,37 @@ from .store import Store, open_store
 COPY_CHUNK = 5000  # rows per INSERT while copying
 
 
-def copy_runs(source: Store, dest: Store, run_ids: Sequence[str]) -> list[str]:
+def copy_runs(source: Store, dest: Store, run_ids: Sequence[str]) -> dict[str, int]:
     """Copy runs and all their rows from `source` into `dest` in one transaction (all of it lands or none).
-    Runs that `dest` already has are left as they are; returns the ids that were copied."""
+    Of a run that `dest` already has, only the rows it lacks are copied, and its record is updated when the source's
+    is newer; so copying twice adds nothing. Returns {run id: rows added or updated} for the runs that changed."""
     for run_id in run_ids: source.run(run_id)  # RunNotFound names the runs there are
-    with dest.engine.connect() as conn:
-        present = set(conn.scalars(select(runs.c.id).where(runs.c.id.in_(run_ids))))
-    todo = [run_id for run_id in dict.fromkeys(run_ids) if run_id not in present]
-    if not todo: return []
+    changed = {}
     with source.engine.connect() as src, dest.engine.begin() as out:
-        for table in (runs, *schema.RUN_TABLES):
-            key = table.c.id if table is runs else table.c.run_id
-            result = src.execution_options(yield_per=COPY_CHUNK).execute(select(table).where(key.in_(todo)))
-            for chunk in result.partitions():
-                out.execute(table.insert(), [row._mapping for row in chunk])
-    return todo
+        for run_id in dict.fromkeys(run_ids):
+            added = sum(_copy_missing(src, out, table, run_id) for table in (runs, *schema.RUN_TABLES))
+            if added: changed[run_id] = added
+    return changed
+
+
+def _copy_missing(src: Connection, out: Connection, table: Table, run_id: str) -> int:
+    "Insert the rows of one run and table that `out` lacks (by primary key); a newer run record replaces the old."
+    key = table.c.id if table is runs else table.c.run_id
+    if table is runs:
+        here = out.execute(select(runs.c.updated_at).where(key == run_id)).scalar()
+        if here is not None:
+            row = src.execute(select(runs).where(key == run_id, runs.c.updated_at > here)).first()
+            if row is not None: out.execute(runs.update().where(key == run_id).values(**row._mapping))
+            return int(row is not None)
+    columns = list(table.primary_key.columns)
+    present = {tuple(row) for row in out.execute(select(*columns).where(key == run_id))}
+    result = src.execution_options(yield_per=COPY_CHUNK).execute(select(table).where(key == run_id))
+    added = 0
+    for chunk in result.partitions():
+        missing = [row._mapping for row in chunk if tuple(row._mapping[c.name] for c in columns) not in present]
+        if missing: out.execute(table.insert(), missing)
+        added += len(missing)
+    return added
 
 
 def write_snapshot(store: Store, run_ids: Sequence[str], path: str | os.PathLike, force: bool = False) -> None:

@@ -6,12 +6,13 @@ calls. Nothing here imports torch or fastai.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from typing import Any
 
 import numpy as np
-from sqlalchemy import create_engine, event, func, select
+from sqlalchemy import create_engine, event, exc, func, select
 from sqlalchemy.engine import Engine
 
 from ..errors import RunNotFound, StoreError
@@ -23,7 +24,8 @@ from .schema import batch_blocks, batches, confusion, epochs, runs, top_losses
 
 HEARTBEAT_SECONDS = 2.0  # how often a recording process marks its open runs as alive
 STALE_AFTER = 20.0  # a `running` run whose heartbeat is older than this is reported as interrupted
-BATCH_COLUMNS = ('step', 'epoch', 'fit', 'frozen', 'loss', 'smooth_loss', 'lr', 'mom', 'time')
+DENSE_CLASSES = 100  # up to this many classes, `confusion` also gives the dense matrix
+BATCH_COLUMNS = ('step', 'epoch', 'fit', 'frozen', 'loss', 'smooth_loss', 'lr', 'mom', 'time', 'lrs')
 
 
 def _sqlite_engine(url: str, readonly: bool) -> Engine:
@@ -68,7 +70,19 @@ def open_store(location: str | os.PathLike | None = None, readonly: bool = False
     except StoreError: raise
     except Exception as e:
         raise StoreError(f'cannot open store {where}: {str(e).splitlines()[0]}') from e
-    return Store(engine, where)
+    store = Store(engine, where)
+    if readonly:  # a reader of a damaged file gets one line, never the database's traceback
+        @event.listens_for(engine, 'handle_error')
+        def _unreadable(context):
+            reason = (str(context.original_exception).splitlines() or ['unreadable'])[0]
+            raise StoreError(f'cannot read store {store.location}: {reason}')
+    return store
+
+
+def unavailable(error: BaseException) -> bool:
+    "Whether a failed write is the store's failure (unreachable, locked, full, read-only) rather than a row's."
+    return isinstance(error, (exc.OperationalError, exc.InterfaceError, exc.InternalError, exc.DisconnectionError,
+                              exc.TimeoutError, OSError))
 
 
 def _loads(text: str | None) -> Any: return None if text is None else json.loads(text)
@@ -86,6 +100,18 @@ def _run_dict(row, now: float) -> dict:
 def _columns(rows, names) -> dict[str, list]:
     rows = list(rows)
     return {name: [row[i] for row in rows] for i, name in enumerate(names)}
+
+
+def _batch_columns(rows) -> dict[str, list]:
+    "Batch rows as columns, `lrs` (every parameter group's lr, None with one group) decoded."
+    columns = _columns(rows, BATCH_COLUMNS)
+    columns['lrs'] = [_loads(lrs) for lrs in columns['lrs']]
+    return columns
+
+
+def _not_finite_as_nan(value: float | None) -> float:
+    "A value that is always recorded, read back: SQLite stores NaN as NULL."
+    return math.nan if value is None else value
 
 
 class Store:
@@ -125,17 +151,18 @@ class Store:
                 for table in (batches, epochs, confusion, top_losses)}
 
     def batches(self, run_id: str, since: int | None = None) -> dict[str, list]:
-        "Columns of the batch rows after step `since` (all when None): pass the last `step` back as the cursor."
+        """Columns of the batch rows after step `since` (all when None): pass the last `step` back as the cursor.
+        `lr` and `mom` are the last parameter group's; `lrs` every group's lr (None where there is one group)."""
         query = select(*[batches.c[name] for name in BATCH_COLUMNS]).where(batches.c.run_id == run_id)
         if since is not None: query = query.where(batches.c.step > since)
-        return _columns(self._all(query.order_by(batches.c.step)), BATCH_COLUMNS)
+        return _batch_columns(self._all(query.order_by(batches.c.step)))
 
     def last_batch(self, run_id: str) -> dict | None:
         "The run's latest batch row, or None before its first."
         query = (select(*[batches.c[name] for name in BATCH_COLUMNS]).where(batches.c.run_id == run_id)
                  .order_by(batches.c.step.desc()).limit(1))
-        rows = self._all(query)
-        return dict(zip(BATCH_COLUMNS, rows[0])) if rows else None
+        columns = _batch_columns(self._all(query))
+        return {name: values[0] for name, values in columns.items()} if columns['step'] else None
 
     def batches_downsampled(self, run_id: str, n: int = 2000) -> dict:
         """At most about `n` points for each of loss, smooth_loss, lr and mom, keeping each range's min and max
@@ -173,9 +200,12 @@ class Store:
         return {'cursor': last, 'series': series}
 
     def epochs(self, run_id: str) -> list[dict]:
-        "One dict per finished epoch: epoch, fit, frozen, step, train_loss, valid_loss, metrics, duration, time."
+        """One dict per finished epoch: epoch, fit, frozen, step, train_loss, valid_loss, metrics, duration, time.
+        The losses are NaN where they were not finite (or where no validation pass gave one)."""
         rows = self._all(select(epochs).where(epochs.c.run_id == run_id).order_by(epochs.c.epoch))
-        return [{**dict(row._mapping), 'metrics': json.loads(row.metrics)} for row in rows]
+        return [{**dict(row._mapping), 'metrics': json.loads(row.metrics),
+                 'train_loss': _not_finite_as_nan(row.train_loss), 'valid_loss': _not_finite_as_nan(row.valid_loss)}
+                for row in rows]
 
     def _epoch(self, table, run_id: str, epoch: int) -> int | None:
         "The stored epoch that `epoch` names: itself, or the latest for -1."
@@ -183,22 +213,30 @@ class Store:
         return self._all(select(func.max(table.c.epoch)).where(table.c.run_id == run_id))[0][0]
 
     def confusion(self, run_id: str, epoch: int = -1) -> dict | None:
-        "`{'epoch', 'vocab', 'matrix'}` (rows actual, columns predicted, in vocab order), or None if there is none."
+        """`{'epoch', 'vocab', 'n_classes', 'cells', 'matrix'}` of an epoch (latest for -1), or None if there is none:
+        `cells` the (k, 3) int64 (actual, predicted, count) rows of its non-zero cells, in vocab order; `matrix` the
+        dense (n, n) counts (rows actual, columns predicted) up to DENSE_CLASSES classes, else None."""
         epoch = self._epoch(confusion, run_id, epoch)
         rows = self._all(select(confusion).where(confusion.c.run_id == run_id, confusion.c.epoch == epoch))
         if not rows: return None
-        n = rows[0].n_classes
-        matrix = dense(unpack_cells(rows[0].counts), n)
+        n, cells = rows[0].n_classes, unpack_cells(rows[0].counts)
         vocab = self.run(run_id)['vocab']
         if not vocab or len(vocab) != n: vocab = [str(i) for i in range(n)]
-        return {'epoch': epoch, 'vocab': vocab, 'matrix': matrix}
+        return {'epoch': epoch, 'vocab': vocab, 'n_classes': n, 'cells': cells,
+                'matrix': dense(cells, n) if n <= DENSE_CLASSES else None}
 
     def top_losses(self, run_id: str, epoch: int = -1) -> list[dict]:
-        "The highest-loss validation items of an epoch (latest for -1), highest first, with thumbnail bytes."
+        """The highest-loss validation items of an epoch (latest for -1), highest first, with thumbnail bytes; `loss`
+        and `probability` are None where they were not finite."""
         epoch = self._epoch(top_losses, run_id, epoch)
         query = (select(top_losses).where(top_losses.c.run_id == run_id, top_losses.c.epoch == epoch)
                  .order_by(top_losses.c.rank))
         return [dict(row._mapping) for row in self._all(query)]
+
+    def alerts(self, run_id: str) -> list[dict]:
+        "The alerts sent about a run, in order: seq, time, trigger, message, delivered."
+        query = select(schema.alerts).where(schema.alerts.c.run_id == run_id).order_by(schema.alerts.c.seq)
+        return [{k: v for k, v in row._mapping.items() if k != 'run_id'} for row in self._all(query)]
 
     # --- write side ------------------------------------------------------------------------------------
     def write(self, rows: dict[str, list], run_updates: dict[str, dict] | None = None) -> None:
@@ -210,6 +248,22 @@ class Store:
                     conn.exec_driver_sql(self._insert_sql(table), self._params(table, rows[table.name]))
             for run_id, fields in (run_updates or {}).items():
                 conn.execute(runs.update().where(runs.c.id == run_id).values(**fields))
+
+    def write_apart(self, rows: dict[str, list], run_updates: dict[str, dict] | None = None) -> list[tuple]:
+        """Write each row, and each run's update, in a transaction of its own: what to do once `write` failed on
+        something the database refuses. Returns `(table name, row, error)` for each one it refused; raises when the
+        store itself fails (`unavailable`), which no row can be blamed for."""
+        refused = []
+        writes = [(table.name, row, ({table.name: [row]}, None))
+                  for table in (runs, *schema.RUN_TABLES) for row in rows.get(table.name) or ()]
+        writes += [('runs', {'id': run_id, **fields}, ({}, {run_id: fields}))
+                   for run_id, fields in (run_updates or {}).items()]
+        for name, row, alone in writes:
+            try: self.write(*alone)
+            except Exception as e:
+                if unavailable(e): raise
+                refused.append((name, row, e))
+        return refused
 
     def _insert_sql(self, table) -> str:
         "A plain positional INSERT in this database's dialect: executemany on it skips SQLAlchemy's per-row work."

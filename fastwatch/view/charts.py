@@ -11,9 +11,11 @@ from dataclasses import dataclass
 import numpy as np
 from bokeh.document import Document
 from bokeh.events import DocumentReady
-from bokeh.models import ColumnDataSource, FactorRange, HoverTool, LinearColorMapper
+from bokeh.models import ColumnDataSource, CustomJSHover, FactorRange, HoverTool, LinearColorMapper, Range1d
 from bokeh.palettes import Blues256, Category10_10
 from bokeh.plotting import figure
+
+from ..store.confusion import binned
 
 COLORS = Category10_10
 PHASE_COLORS = {True: '#9ecae1', False: '#fdd0a2'}  # frozen body / unfrozen, as in fine_tune's two fits
@@ -124,34 +126,69 @@ class LossChart(SeriesChart):
         if data != self.phases.data: self.phases.data = data
 
 
+DENSE_CLASSES = 30  # up to this many classes, a cell per pair with its count written in it; above, one image
+IMAGE_SIDE = 400  # the image's most rows and columns: above, each bins several classes (page weight, memory)
+CLASS_JS = """const i = Math.max(0, Math.min(names.length - 1, Math.floor(value)));
+if (size == 1) return names[i];
+const a = i - i % size, b = Math.min(names.length, a + size) - 1;
+return names[a] + ' … ' + names[b] + ' (' + (b - a + 1) + ' classes)';"""
+
+
 class ConfusionChart:
-    "The confusion matrix as a heatmap (rows actual, columns predicted): counts, or shares of each actual class."
+    """The confusion matrix as a heatmap (rows actual, columns predicted): counts, or shares of each actual class.
+    Up to DENSE_CLASSES classes a rect and its count per cell; above, one `image` glyph without text (one array,
+    at most IMAGE_SIDE² bins of classes), whose hover names the classes under the pointer."""
 
     def __init__(self, vocab: list[str]):
         names = [str(v) for v in vocab]
+        self.names, self.dense = names, len(names) <= DENSE_CLASSES
         size = min(560, 200 + 36 * len(names))
-        self.fig = figure(title='Confusion matrix', x_range=FactorRange(*names), y_range=FactorRange(*names[::-1]),
-                          height=size, sizing_mode='stretch_width', max_width=size + 100, tools='hover,save',
-                          toolbar_location=None, x_axis_label='predicted', y_axis_label='actual',
-                          tooltips=[('actual', '@actual'), ('predicted', '@predicted'), ('count', '@count'),
-                                    ('share of actual', '@share{0.0%}')])
-        self.fig.xaxis.major_label_orientation = 0.8 if max(map(len, names), default=0) > 3 else 0
+        common = dict(title='Confusion matrix', height=size, sizing_mode='stretch_width', max_width=size + 100,
+                      toolbar_location=None, x_axis_label='predicted', y_axis_label='actual')
+        mapper = LinearColorMapper(palette=Blues256[::-1], low=0, high=1)
+        if self.dense: self._cells(names, mapper, common)
+        else: self._image(names, mapper, common)
         self.fig.grid.grid_line_color = None
-        self.names = names
+        resend_on_ready(self.fig)
+
+    def _cells(self, names: list[str], mapper, common: dict) -> None:
+        self.fig = figure(x_range=FactorRange(*names), y_range=FactorRange(*names[::-1]), tools='hover,save',
+                          tooltips=[('actual', '@actual'), ('predicted', '@predicted'), ('count', '@count'),
+                                    ('share of actual', '@share{0.0%}')], **common)
+        self.fig.xaxis.major_label_orientation = 0.8 if max(map(len, names), default=0) > 3 else 0
         self.source = ColumnDataSource({k: [] for k in ('actual', 'predicted', 'count', 'share', 'value', 'text',
                                                         'ink')})
-        mapper = LinearColorMapper(palette=Blues256[::-1], low=0, high=1)
         self.fig.rect('predicted', 'actual', 0.95, 0.95, source=self.source, line_color=None,
                       fill_color={'field': 'value', 'transform': mapper})
         self.fig.text('predicted', 'actual', text='text', source=self.source, text_align='center',
                       text_baseline='middle', text_font_size='8pt', text_color='ink')
-        resend_on_ready(self.fig)
 
-    def show(self, matrix: np.ndarray, normalised: bool = False) -> None:
-        "Draw a matrix of counts; `normalised` colours and labels each cell by its share of the row."
-        matrix = np.asarray(matrix)
+    def _image(self, names: list[str], mapper, common: dict) -> None:
+        n = len(names)
+        # Coordinates are class indices, actual class 0 at the top.
+        self.fig = figure(x_range=Range1d(0, n, bounds=(0, n)), y_range=Range1d(n, 0, bounds=(0, n)),
+                          tools='pan,wheel_zoom,box_zoom,reset,save', **common)
+        self.fig.toolbar.logo = None
+        self.size = max(1, -(-n // IMAGE_SIDE))
+        self.mapper, self.source = mapper, ColumnDataSource({'image': []})
+        renderer = self.fig.image('image', x=0, y=0, dw=n, dh=n, source=self.source, color_mapper=mapper,
+                                  origin='top_left')
+        name = CustomJSHover(args={'names': names, 'size': self.size}, code=CLASS_JS)
+        self.hover = HoverTool(renderers=[renderer], visible=False, formatters={'$x': name, '$y': name})
+        self.fig.add_tools(self.hover)
+
+    def show(self, cells: np.ndarray, normalised: bool = False) -> None:
+        "Draw a matrix from its (actual, predicted, count) cells; `normalised` colours each by its share of the row."
+        n = len(self.names)
+        matrix, _ = binned(np.asarray(cells).reshape(-1, 3), n, n if self.dense else IMAGE_SIDE)
         rows = matrix.sum(axis=1, keepdims=True)
         share = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
+        if not self.dense:  # one array: what the colour shows is what the hover reads
+            self.mapper.high = 1 if normalised else max(1, int(matrix.max()))
+            self.hover.tooltips = [('actual', '$y{custom}'), ('predicted', '$x{custom}'),
+                                   ('share of actual', '@image{0.0%}') if normalised else ('count', '@image{0,0}')]
+            self.source.data = {'image': [(share if normalised else matrix).astype(np.float32)]}
+            return
         value = share if normalised else matrix / max(1, matrix.max())
         actual, predicted = np.indices(matrix.shape)
         text = [f'{s:.0%}' if normalised else str(c) for c, s in zip(matrix.ravel(), share.ravel())]
@@ -162,10 +199,10 @@ class ConfusionChart:
             'ink': ['white' if v > 0.55 else '#333' for v in value.ravel()]}
 
 
-def most_confused(matrix: np.ndarray, vocab: list[str], n: int = 10) -> list[tuple[str, str, int]]:
-    "The `n` most frequent (actual, predicted, count) mistakes, like fastai's `most_confused`."
-    matrix = np.asarray(matrix).copy()
-    np.fill_diagonal(matrix, 0)
-    order = np.argsort(-matrix, axis=None, kind='stable')[:n]
-    pairs = [(vocab[i], vocab[j], int(matrix[i, j])) for i, j in zip(*np.unravel_index(order, matrix.shape))]
-    return [pair for pair in pairs if pair[2] > 0]
+def most_confused(cells: np.ndarray, vocab: list[str], n: int = 10) -> list[tuple[str, str, int]]:
+    "The `n` most frequent (actual, predicted, count) mistakes of a matrix's cells, like fastai's `most_confused`."
+    cells = np.asarray(cells).reshape(-1, 3)
+    mistakes = cells[cells[:, 0] != cells[:, 1]]
+    mistakes = mistakes[np.lexsort((mistakes[:, 1], mistakes[:, 0]))]  # ties in row-major order, as fastai's
+    order = np.argsort(-mistakes[:, 2], kind='stable')[:n]
+    return [(vocab[a], vocab[p], int(c)) for a, p, c in mistakes[order]]

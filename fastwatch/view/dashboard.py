@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import html
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -19,14 +20,14 @@ from IPython.display import HTML, display
 from jupyter_bokeh import BokehModel
 
 from ..errors import StoreError
-from ..formats import format_duration, format_when
-from ..share.links import NOTEBOOK, binder_url_from_env, dashboard_query, find_notebook, local_url
+from ..formats import format_duration, format_number, format_when
+from ..share.links import NOTEBOOK, binder_url_from_env, dashboard_query, find_notebook, local_url, published_binder_url
 from ..store import Store
 from .charts import ConfusionChart, Layer, LossChart, SeriesChart, most_confused
 from .live import MAX_POINTS, RunFeed, follow
 from .page import QueryError, open_view_store, parse_query, served_root, store_files
 
-STATES = ('live', 'finished', 'failed', 'interrupted')
+STATES = ('live', 'finished', 'failed', 'interrupted', 'stale')
 IMAGE_TYPES = ('image/png', 'image/jpeg', 'image/webp', 'image/gif')
 STYLE = """<style>
 .fastwatch { width: 100%; max-width: 1400px; margin: 0 auto; box-sizing: border-box; font-size: 14px; }
@@ -35,7 +36,8 @@ STYLE = """<style>
 .fw-name { font-size: 20px; font-weight: 600; overflow-wrap: anywhere; }
 .fw-state { padding: 1px 9px; border-radius: 9px; color: white; font-weight: 600; }
 .fw-live { background: #2ca02c; } .fw-finished { background: #1f77b4; }
-.fw-failed { background: #d62728; } .fw-interrupted { background: #ff7f0e; }
+.fw-failed { background: #d62728; } .fw-interrupted { background: #ff7f0e; } .fw-stale { background: #7f7f7f; }
+.fw-alerts { margin: 4px 0; padding-left: 18px; font-size: 13px; } .fw-alerts li { overflow-wrap: anywhere; }
 .fw-muted { color: #666; } .fw-error { color: #b00; overflow-wrap: anywhere; }
 .fw-gallery { display: flex; flex-wrap: wrap; gap: 10px; }
 .fw-item { margin: 0; width: 110px; font-size: 11px; line-height: 1.35; overflow-wrap: anywhere; }
@@ -72,6 +74,12 @@ def load_bokehjs() -> None:
 def _e(value) -> str: return html.escape(str(value), quote=True)
 
 
+def _value(value: float | None, spec: str) -> str:
+    "A top loss's loss or probability: the store keeps one that was not finite as None, shown as nan."
+    if value is None: value = math.nan
+    return format(value, spec) if math.isfinite(value) else format_number(value)
+
+
 def run_label(run: dict) -> str:
     "How a run is named in the run picker."
     return f"{run['name'] or 'run'} · {run['state']} · {format_when(run['created_at'])[:16]} · {run['id'][:8]}"
@@ -95,6 +103,8 @@ def header_html(run: dict, epochs: list[dict], last: dict | None, now: float | N
              f'<span>elapsed {format_duration(elapsed)}</span>',
              f"<span>epoch {current} of {_e(planned) if planned else '?'}</span>", f'<span>phase {_e(phase)}</span>',
              f"<span class='fw-muted'>last update {format_when(updated)[11:]}</span>"]
+    if run.get('published_age') is not None:  # a followed published run: how far behind the trainer it is
+        parts.append(f"<span class='fw-muted fw-age'>published data {format_duration(run['published_age'])} old</span>")
     if run.get('error'): parts.append(f"<span class='fw-error'>{_e(run['error'])}</span>")
     return f"<div class='fw-header'>{''.join(parts)}</div>"
 
@@ -111,10 +121,21 @@ def gallery_html(items: list[dict]) -> str:
         else:
             body = f"<pre title='{_e(item['item'])}'>{_e(item.get('text') or item['item'])}</pre>"
         cards.append(f"<figure class='fw-item'>{body}<figcaption><b>{_e(item['actual'])}</b> / "
-                     f"{_e(item['predicted'])}<br>loss {item['loss']:.3f} · p {item['probability']:.2f}"
+                     f"{_e(item['predicted'])}<br>loss {_value(item['loss'], '.3f')} · "
+                     f"p {_value(item['probability'], '.2f')}"
                      f"</figcaption></figure>")
     return ("<div class='fw-muted'>actual / predicted, loss, probability of the prediction</div>"
             f"<div class='fw-gallery'>{''.join(cards)}</div>")
+
+
+def alerts_html(alerts: list[dict]) -> str:
+    "The alerts sent about the run (`Store.alerts`), newest first; nothing when there are none."
+    if not alerts: return ''
+    items = ''.join(f"<li><span class='fw-muted'>{format_when(a['time'])[11:]}</span> "
+                    f"{_e(a['message'].splitlines()[0])}"
+                    + ('' if a['delivered'] else " <span class='fw-error'>(not delivered)</span>") + '</li>'
+                    for a in reversed(alerts))
+    return f"<div class='fw-alert-list'><b>Alerts</b><ul class='fw-alerts'>{items}</ul></div>"
 
 
 def pairs_html(pairs: list[tuple[str, str, int]]) -> str:
@@ -184,6 +205,7 @@ class Dashboard:
         self.picker = widgets.Dropdown(description='Run', layout=_control_layout(), style=label)
         self.overlay = widgets.SelectMultiple(description='Overlay', rows=3, layout=_control_layout(), style=label)
         self.header, self.note, self.share = widgets.HTML(), widgets.HTML(), widgets.HTML()
+        self.alerts = widgets.HTML()
         self.chart_box = widgets.Box(layout=GRID)
         self.epoch = widgets.IntSlider(description='Epoch', continuous_update=False, layout=_control_layout(),
                                        style=label)
@@ -195,7 +217,7 @@ class Dashboard:
             widgets.Box([widgets.VBox([self.normalised, self.confusion_box], layout=widgets.Layout(width='100%')),
                          widgets.VBox([widgets.HTML('<b>Most confused</b>'), self.pairs])], layout=GRID),
             widgets.HTML('<b>Top losses</b>'), self.gallery])
-        self.widget = widgets.VBox([widgets.HTML(STYLE), self.header, self.note,
+        self.widget = widgets.VBox([widgets.HTML(STYLE), self.header, self.note, self.alerts,
                                     widgets.Box([self.picker, self.overlay], layout=GRID), self.chart_box,
                                     self.epoch_views, self.share], layout=widgets.Layout(width='100%'))
         self.widget.add_class('fastwatch')
@@ -242,6 +264,7 @@ class Dashboard:
                                    for chart in self.charts.values()]
         self._epochs_changed(follow_latest=True)
         self.header.value = header_html(main.run, main.epochs, main.last)
+        self.alerts.value = alerts_html(self.store.alerts(run_id))
         self.share.value = share_html(*self.share_url())
         if self.following: self.start()
 
@@ -275,10 +298,13 @@ class Dashboard:
             vocab = [str(v) for v in confusion['vocab']]
             if self.confusion is None or self.confusion.names != vocab:
                 for model in self.confusion_box.children: model.close()
-                self.confusion = ConfusionChart(vocab)
+                self.confusion, self.confusion_box.children = ConfusionChart(vocab), []
+            # Drawn before a new chart's widget exists: its first snapshot then carries the colours and the hover,
+            # which changes sent before the browser has the view would lose.
+            self.confusion.show(confusion['cells'], self.normalised.value)
+            if not self.confusion_box.children:
                 self.confusion_box.children = [ChartWidget(self.confusion.fig, layout=widgets.Layout(width='100%'))]
-            self.confusion.show(confusion['matrix'], self.normalised.value)
-            self.pairs.value = pairs_html(most_confused(confusion['matrix'], vocab))
+            self.pairs.value = pairs_html(most_confused(confusion['cells'], vocab))
         self.gallery.value = gallery_html(self.store.top_losses(self.run_id, epoch))
 
     def share_url(self) -> tuple[str, str]:
@@ -286,6 +312,10 @@ class Dashboard:
         notebook = find_notebook(served_root()) or NOTEBOOK
         binder = binder_url_from_env(self.environ, notebook, run=self.run_id, store=self.store_param)
         if binder: return binder, 'Opens this run on Binder.'
+        published = getattr(self.store, 'published_url', None)
+        if published:
+            return (published_binder_url(published, self.run_id),
+                    'Follows this published run live on Binder: anyone with the link can read the run.')
         env = self.environ
         host = env.get('SERVER_NAME') or '127.0.0.1'
         port = f":{env['SERVER_PORT']}" if env.get('SERVER_PORT') else ''
@@ -315,12 +345,13 @@ class Dashboard:
                 if run_id == self.run_id: self.charts['loss'].shade(update['spans'])
             if run_id == self.run_id:
                 self.header.value = header_html(feed.run, feed.epochs, feed.last)
+                self.alerts.value = alerts_html(self.store.alerts(run_id))
                 if update.get('reload') or update['epochs']: self._epochs_changed(follow_latest=False)
         return new
 
     def _step(self) -> bool:
         new = self.refresh()
-        return new or self.run_id is None or any(f.run['state'] == 'live' for f in self.feeds.values())
+        return new or self.run_id is None or any(f.run['state'] in ('live', 'stale') for f in self.feeds.values())
 
     def _stopped(self, reason: str) -> None:
         self.task = None
@@ -348,7 +379,7 @@ def dashboard(query: str | None = None, environ: Mapping[str, str] = os.environ)
         app = Dashboard(store, params.get('run'), params.get('store'), environ)
     except Exception as e:  # the page says what went wrong, never with a traceback
         known = isinstance(e, (QueryError, StoreError))
-        message = str(e) if known else f'the dashboard failed: {type(e).__name__}: {e}'
+        message = str(e) if known else f"the dashboard failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
         try: runs = store.runs() if store is not None else None
         except StoreError: runs = None
         text = message_html(message, runs, params.get('store'), None if runs else store_files())

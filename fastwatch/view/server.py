@@ -7,30 +7,46 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
+import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from bokeh.util.paths import bokehjs_path
 from jupyter_server.utils import url_path_join
 from tornado.ioloop import PeriodicCallback
-from tornado.web import StaticFileHandler
+from tornado.web import HTTPError, StaticFileHandler
 from traitlets import Float
 from voila.app import Voila
+from voila.shutdown_kernel_handler import VoilaShutdownKernelHandler
 
 from ..errors import StoreError, UsageError
 from ..share.links import local_url
 from ..store import display_location, open_store, store_url
 from .compression import CachedGzip
+from .fetch import ALLOW_PRIVATE_ENV
+from .page import DOWNLOADS_ENV
 
 APP = Path(__file__).parent / 'app' / 'dashboard.ipynb'
 BOKEHJS = bokehjs_path()  # BokehJS's own files: js/bokeh.min.js
-LOOPBACK = ('127.0.0.1', 'localhost', '::1')
 IDLE_KERNEL_SECONDS = 1800  # Voila culls a viewer's kernel idle this long (once its live loop has stopped)
 PREHEATED_KERNELS = 2  # kernels that have run the notebook up to the page's query, waiting for the next pages
 # A new preheated kernel is started this long after a page takes one, once that page has loaded: starting a kernel
 # takes a CPU core for about 1.5 s; on 2 cores, starting it at once made the page's first render 2.9 s, not 2.1 s.
 REFILL_DELAY_SECONDS = 3
+
+
+class TabCloseHandler(VoilaShutdownKernelHandler):
+    """Voila's kernel shutdown, which its page sends as the tab closes (`navigator.sendBeacon`) with the `_xsrf`
+    field empty (voila issue 1458), so it would be refused: checked to come from this server's own pages (their
+    Origin) instead. Every other request keeps Voila's XSRF check."""
+
+    def check_xsrf_cookie(self) -> None:
+        origin = self.request.headers.get('Origin')
+        if not origin or urlsplit(origin).netloc != self.request.host:
+            raise HTTPError(403, 'a kernel is shut down from its own page only')
 
 
 class DashboardServer(Voila):
@@ -42,9 +58,7 @@ class DashboardServer(Voila):
 
     def init_settings(self) -> dict:
         settings = super().init_settings()
-        # Voila's page asks the server to shut its kernel down when the tab closes, but without an _xsrf field,
-        # so it is refused (voila issue 1458) and kernels pile up. Kernel ids are random, so the check adds little.
-        settings.update(transforms=[CachedGzip], websocket_compression_options={}, disable_check_xsrf=True)
+        settings.update(transforms=[CachedGzip], websocket_compression_options={})
         return settings
 
     def setup_template_dirs(self) -> None:
@@ -52,8 +66,10 @@ class DashboardServer(Voila):
         self.template_paths.insert(0, str(APP.parent))  # its index.html.j2 extends Voila's lab template
 
     def init_handlers(self) -> list:
-        return [(url_path_join(self.server_url, r'/fastwatch/static/(.*)'), StaticFileHandler,
-                 {'path': BOKEHJS}), *super().init_handlers()]
+        handlers = [(pattern, TabCloseHandler, *rest) if handler is VoilaShutdownKernelHandler
+                    else (pattern, handler, *rest) for pattern, handler, *rest in super().init_handlers()]
+        return [(url_path_join(self.server_url, r'/fastwatch/static/(.*)'), StaticFileHandler, {'path': BOKEHJS}),
+                *handlers]
 
     def listen(self) -> None:
         self._alone_since: dict[str, float] = {}
@@ -98,26 +114,39 @@ def check_port(host: str, port: int) -> None:
             raise UsageError(f'cannot listen on {host}:{port} ({e.strerror}): pick another --port') from None
 
 
-def dashboard_url(host: str, port: int, token: str = '', run: str | None = None) -> str:
-    "The URL to open for a server listening on `host` (with the run to show, if one is named)."
+def dashboard_url(host: str, port: int, token: str, run: str | None = None) -> str:
+    "The URL to open for a server listening on `host`, with its token (and the run to show, if one is named)."
     name = socket.gethostname() if host in ('0.0.0.0', '::', '') else host
     url = local_url(f'http://{name}:{port}/', run)
-    return url + ('&' if '?' in url else '?') + f'token={token}' if token else url
+    return url + ('&' if '?' in url else '?') + f'token={token}'
+
+
+def _root_folder(root: str | None) -> str:
+    "`--root` as the kernels are told it: the folder, resolved, or '' for none."
+    if root is None: return ''
+    folder = Path(root).expanduser().resolve()
+    if not folder.is_dir(): raise UsageError(f'--root {root} is not a folder')
+    return str(folder)
 
 
 def serve(store: str = None,  # store path or URL (default: $FASTWATCH_STORE, then ./fastwatch.db)
           port: int = 8866,  # port to listen on
-          host: str = '127.0.0.1',  # interface to listen on; any other than localhost requires a token
-          token: bool = False,  # require a token (generated, printed in the URL)
+          host: str = '127.0.0.1',  # interface to listen on
+          root: str = None,  # folder whose store files a page may open with ?store=PATH (default: none)
+          allow_private_urls: bool = False,  # let ?store=https://... fetch from loopback and private addresses
           run: str = None,  # the run the printed URL opens (default: the page shows the newest)
           ) -> None:
-    "Serve the live dashboard of a store with Voila and print its URL (Ctrl-C stops)."
+    """Serve the live dashboard of a store with Voila and print its URL, with the token it requires (Ctrl-C
+    stops)."""
     url = _checked_url(store)
     check_port(host, port)
-    secret = secrets.token_urlsafe(16) if token or host not in LOOPBACK else ''
-    # The viewers' kernels inherit these: the store to show, the folder whose stores `?store=` may open, and that
-    # the page loads BokehJS itself.
-    os.environ.update(FASTWATCH_STORE=url, FASTWATCH_ROOT=os.getcwd(), FASTWATCH_BOKEHJS='page')
+    folder, secret = _root_folder(root), secrets.token_urlsafe(24)
+    downloads = tempfile.mkdtemp(prefix='fastwatch-serve-')  # 0700, this server's alone
+    # The viewers' kernels inherit these: the store to show, the folder whose stores `?store=` may open, where
+    # they download remote stores, whether those may be on private networks, and that the page loads BokehJS.
+    os.environ.update({'FASTWATCH_STORE': url, 'FASTWATCH_ROOT': folder, DOWNLOADS_ENV: downloads,
+                       ALLOW_PRIVATE_ENV: '1' if allow_private_urls else '0', 'FASTWATCH_BOKEHJS': 'page'})
     print(f'fastwatch dashboard of {display_location(url)}\n  open {dashboard_url(host, port, secret, run)}',
           flush=True)
-    DashboardServer.launch_instance(argv=voila_argv(port, host, secret))
+    try: DashboardServer.launch_instance(argv=voila_argv(port, host, secret))
+    finally: shutil.rmtree(downloads, ignore_errors=True)

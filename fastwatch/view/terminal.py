@@ -1,10 +1,24 @@
 """`fastwatch ls` and `fastwatch show`: the store's runs on the command line (read-only, no torch)."""
 from __future__ import annotations
 
+import math
 from json import dumps
 
-from ..formats import format_number, format_when
+from ..formats import format_number, format_when, printable
 from ..store import open_store
+
+
+def _json_safe(value):
+    "`value` with NaN and infinities as the strings `nan`, `inf`, `-inf` (as `format_number` writes them): valid JSON."
+    if isinstance(value, float) and not math.isfinite(value): return format_number(value)
+    if isinstance(value, dict): return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)): return [_json_safe(v) for v in value]
+    return value
+
+
+def say(text: str) -> None:
+    "Print text that holds names from the store (runs, metrics, errors) with its control characters escaped."
+    print(printable(text))
 
 
 def ls(store: str = None,  # Store path or SQLAlchemy URL (default: $FASTWATCH_STORE, then ./fastwatch.db)
@@ -20,7 +34,7 @@ def ls(store: str = None,  # Store path or SQLAlchemy URL (default: $FASTWATCH_S
         return
     print(f"{'run':<14} {'state':<12} {'created':<20} name")
     for run in runs:
-        print(f"{run['id']:<14} {run['state']:<12} {format_when(run['created_at']):<20} {run['name'] or ''}")
+        say(f"{run['id']:<14} {run['state']:<12} {format_when(run['created_at']):<20} {run['name'] or ''}")
 
 
 def show(run: str,  # The run id
@@ -31,22 +45,22 @@ def show(run: str,  # The run id
     record = db.run(run)
     epochs, counts = db.epochs(run), db.counts(run)
     if json:
-        print(dumps({'run': record, 'epochs': epochs, 'counts': counts}, indent=1, default=str))
+        print(dumps(_json_safe({'run': record, 'epochs': epochs, 'counts': counts}), indent=1, default=str))
         return
     info = record['info']
-    print(f"run {record['id']}  {record['name'] or ''}".rstrip())
-    print(f"state: {record['state']}" + (f"  ({record['error']})" if record['error'] else ''))
+    say(f"run {record['id']}  {record['name'] or ''}".rstrip())
+    say(f"state: {record['state']}" + (f"  ({record['error']})" if record['error'] else ''))
     print(f"created {format_when(record['created_at'])}, last update {format_when(record['updated_at'])}")
-    print(f"model {info.get('model')} ({info.get('n_params')} parameters), loss {info.get('loss_func')}, "
-          f"{info.get('n_train')} train / {info.get('n_valid')} valid items")
+    say(f"model {info.get('model')} ({info.get('n_params')} parameters), loss {info.get('loss_func')}, "
+        f"{info.get('n_train')} train / {info.get('n_valid')} valid items")
     metric_names = sorted({name for epoch in epochs for name in epoch['metrics']})
     columns = ['epoch', 'fit', 'frozen', 'train_loss', 'valid_loss', *metric_names, 'duration']
     rows = [[e['epoch'], e['fit'], e['frozen'], e['train_loss'], e['valid_loss'],
              *[e['metrics'].get(m) for m in metric_names], e['duration']] for e in epochs]
     if rows:
         print()
-        print('  '.join(f'{c:>10}' for c in columns))
+        say('  '.join(f'{c:>10}' for c in columns))
         for row in rows: print('  '.join(f'{format_number(v):>10}' for v in row))
-        print('\nfinal: ' + ', '.join(f'{c} {format_number(v)}' for c, v in zip(columns[3:-1], rows[-1][3:-1])))
+        say('\nfinal: ' + ', '.join(f'{c} {format_number(v)}' for c, v in zip(columns[3:-1], rows[-1][3:-1])))
     print('\nrecorded: ' + ', '.join(f'{n} {table}' for table, n in counts.items())
           + (f", {record['lost_rows']} batch rows lost" if record['lost_rows'] else ''))
