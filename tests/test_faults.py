@@ -292,7 +292,10 @@ def test_training_survives_a_store_that_stops_writing(start, baseline, tmp_path,
         def at_pause(batch: int):
             if batch in OUTAGES[::2]:
                 committed.append(recorded(fault.location))
+                failures = training.stderr().count('cannot write to the store')
                 fault.start()
+                # The outage lasts until the writer has met it: a lock shorter than SQLite's wait would never show.
+                wait_for(lambda: training.stderr().count('cannot write to the store') > failures)
             else:
                 fault.stop()
                 wait_for(lambda: 'is writable again' in training.stderr())

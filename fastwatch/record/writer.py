@@ -23,6 +23,8 @@ from ..store.downsample import summarise
 from ..store.store import unavailable
 
 EXIT_WAIT = 10.0  # seconds the process's exit waits for the last rows to be written, even to a failing store
+# Retries of a failing store back off from 1 s to this: a store that comes back gets its rows within seconds.
+MAX_RETRY_SECONDS = 4.0
 # How long a write waits for another process's lock on a SQLite store before it counts as failing: a writer thread
 # held in SQLite's busy handler could not bound its buffer meanwhile.
 SQLITE_LOCK_WAIT_MS = 2000
@@ -280,7 +282,7 @@ class Writer:
 
     def _fail(self, error: Exception) -> None:
         self._failures += 1
-        self._retry_at = time.monotonic() + min(30.0, 0.5 * 2 ** self._failures)
+        self._retry_at = time.monotonic() + min(MAX_RETRY_SECONDS, 0.5 * 2 ** self._failures)
         if not self.failing:
             self.failing, self._failed_at = True, time.time()
             cause = hide_password(str(error).splitlines()[0] if str(error) else type(error).__name__, self.url)
