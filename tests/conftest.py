@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 import warnings
 
@@ -68,3 +69,34 @@ def _no_stray_store(tmp_path, monkeypatch):
     "Tests that forget `store=` must not write ./fastwatch.db into the repository."
     monkeypatch.setenv('FASTWATCH_STORE', str(tmp_path / 'default.db'))
     warnings.filterwarnings('ignore', message='.*torch.jit.script.*')
+
+
+def wait_for(condition, timeout: float = 60.0):
+    "Poll `condition()` until it returns something truthy and return that; fail after `timeout` seconds."
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        assert time.monotonic() < deadline, f'not true after {timeout} s'
+        time.sleep(0.1)
+    return found
+
+
+@pytest.fixture(scope='module')
+def browser():
+    "Debian's chromium, headless, for one test module."
+    from browser import launch
+    playwright = pytest.importorskip('playwright.sync_api').sync_playwright().start()
+    chromium = launch(playwright)
+    yield chromium
+    chromium.close()
+    playwright.stop()
+
+
+@pytest.fixture
+def page(browser):
+    "A fresh page (1280 x 900) that records and dismisses the dialogs it opens."
+    context = browser.new_context(viewport={'width': 1280, 'height': 900})
+    page = context.new_page()
+    page.dialogs = []
+    page.on('dialog', lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
+    yield page
+    context.close()

@@ -20,7 +20,6 @@ from browser import (
     CHROMIUM,
     https_server,
     kernels,
-    launch,
     open_dashboard,
     page_kernel,
     self_signed_certificate,
@@ -66,25 +65,6 @@ def site(tmp_path_factory):
         yield {'url': url, 'folder': folder, 'remote': remote, 'env': env, 'before': before,
                'run_id': open_store(folder / 'store.db', readonly=True).runs()[0]['id']}
     assert not list((folder / 'tmp').glob('fastwatch-serve-*'))  # the server deletes its downloads as it exits
-
-
-@pytest.fixture(scope='module')
-def browser():
-    playwright = pytest.importorskip('playwright.sync_api').sync_playwright().start()
-    browser = launch(playwright)
-    yield browser
-    browser.close()
-    playwright.stop()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={'width': 1280, 'height': 900})
-    page = context.new_page()
-    page.dialogs = []
-    page.on('dialog', lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
-    yield page
-    context.close()
 
 
 def error_text(page) -> str:

@@ -3,10 +3,10 @@ kept in the run's alerts table and shown on the dashboard."""
 from __future__ import annotations
 
 import html
-import time
 import warnings
 
 import pytest
+from conftest import wait_for
 from fastai.callback.core import Callback
 from storage_server import Receiver
 
@@ -27,13 +27,6 @@ def fit(dls, path, epochs: int, lr: float, extra_cbs=(), **kwargs):
     learn = digits_learner(dls, cbs=[WatchCallback(store=path, name='alerting', **kwargs), *extra_cbs])
     with learn.no_bar(), learn.no_logging(): learn.fit(epochs, lr=lr)
     return learn
-
-
-def wait_for(condition, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline: raise TimeoutError('condition not met')
-        time.sleep(0.2)
 
 
 def triggers(store, run_id) -> list[str]: return [a['trigger'] for a in store.alerts(run_id)]

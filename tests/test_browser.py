@@ -9,7 +9,6 @@ import pytest
 from browser import (
     CHROMIUM,
     kernels,
-    launch,
     open_dashboard,
     page_kernel,
     points,
@@ -39,25 +38,6 @@ def site(tmp_path_factory):
           epochs=1, name=HOSTILE)
     with served(folder / 'store.db', folder, config={'DashboardServer': {'orphan_timeout': ORPHAN_SECONDS}}) as url:
         yield {'url': url, 'store': folder / 'store.db', 'run_id': open_store(folder / 'store.db').runs()[0]['id']}
-
-
-@pytest.fixture(scope='module')
-def browser():
-    playwright = pytest.importorskip('playwright.sync_api').sync_playwright().start()
-    browser = launch(playwright)
-    yield browser
-    browser.close()
-    playwright.stop()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={'width': 1280, 'height': 900})
-    page = context.new_page()
-    page.dialogs = []
-    page.on('dialog', lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
-    yield page
-    context.close()
 
 
 def test_a_run_page_shows_charts_confusion_gallery_and_names_as_text(site, page):

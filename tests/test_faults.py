@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from browser import CHROMIUM, free_port, kernels, launch, open_dashboard, page_kernel, served
+from conftest import wait_for
 from sqlalchemy import func, select
 
 from fastwatch import open_store
@@ -138,13 +139,6 @@ def start(digits, tmp_path):
         if training.proc.poll() is None:
             training.proc.kill()
             training.proc.wait()
-
-
-def wait_for(condition, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f'not true after {timeout} s'
-        time.sleep(0.1)
 
 
 def warnings(stderr: str) -> list[str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from browser import CHROMIUM, launch, points, self_signed_certificate, served, with_query
+from conftest import wait_for
 from storage_server import dav_server
 
 from fastwatch import open_store
@@ -37,14 +38,6 @@ def dav(tmp_path, monkeypatch):
     with dav_server(tmp_path / 'site', (cert, key)) as server:
         server.cert_file = cert
         yield server
-
-
-def wait_for(condition, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while not (found := condition()):
-        if time.monotonic() > deadline: raise TimeoutError('condition not met')
-        time.sleep(0.2)
-    return found
 
 
 def runs_in(path: Path) -> list[dict]:

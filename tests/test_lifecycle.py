@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import wait_for
 from fastai.callback.core import Callback
 from fastai.interpret import ClassificationInterpretation
 
@@ -32,13 +33,6 @@ class States(Callback):
 
 def quietly(learn, method: str, *args, **kwargs):
     with learn.no_bar(), learn.no_logging(): return getattr(learn, method)(*args, **kwargs)
-
-
-def wait_for(condition, timeout: float = 10.0):
-    "Poll `condition()` until it returns something truthy; return it (or the last falsy value after `timeout`)."
-    deadline = time.monotonic() + timeout
-    while not (value := condition()) and time.monotonic() < deadline: time.sleep(0.1)
-    return value
 
 
 def test_fine_tune_goes_through_every_state_and_a_second_training_is_a_new_run(dls, tmp_path):

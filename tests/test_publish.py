@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 from browser import self_signed_certificate
-from conftest import train
+from conftest import train, wait_for
 from fastai.torch_core import set_seed
 from storage_server import dav_server
 
@@ -37,14 +37,6 @@ def dav(tmp_path, certificate, monkeypatch):
 
 
 def webdav(server) -> str: return server.url.replace('https://', 'webdav+https://') + 'runs'
-
-
-def wait_for(condition, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while not (found := condition()):
-        if time.monotonic() > deadline: raise TimeoutError('condition not met')
-        time.sleep(0.2)
-    return found
 
 
 def same_rows(source, mirror, run_id: str) -> None:

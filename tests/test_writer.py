@@ -5,11 +5,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
-from conftest import train
+from conftest import train, wait_for
 from fastai.callback.core import Callback
 
 from fastwatch import open_store
@@ -17,16 +16,6 @@ from fastwatch.record.writer import Writer
 from fastwatch.store import store
 
 ROOT = Path(__file__).parent.parent
-
-
-def wait_for(condition, timeout: float = 60.0):
-    "Poll `condition()` until it returns something truthy; fail after `timeout` seconds."
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result: return result
-        time.sleep(0.2)
-    raise AssertionError(f'not true after {timeout} s')
 
 
 def finished_run(path):
