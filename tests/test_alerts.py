@@ -12,6 +12,7 @@ from storage_server import Receiver
 
 from fastwatch import WatchCallback, open_store
 from fastwatch.demo.digits import digits_learner
+from fastwatch.errors import StoreError
 from fastwatch.view.dashboard import Dashboard
 
 
@@ -22,10 +23,19 @@ def receiver():
     server.shutdown()
 
 
-def fit(dls, path, epochs: int, lr: float, extra_cbs=(), **kwargs):
-    "`fit` the small CNN with a `WatchCallback`; returns the learner."
-    learn = digits_learner(dls, cbs=[WatchCallback(store=path, name='alerting', **kwargs), *extra_cbs])
+def learner(dls, path, extra_cbs=(), **kwargs):
+    "The small CNN with a `WatchCallback` recording into `path`."
+    return digits_learner(dls, cbs=[WatchCallback(store=path, name='alerting', **kwargs), *extra_cbs])
+
+
+def train(learn, epochs: int, lr: float):
     with learn.no_bar(), learn.no_logging(): learn.fit(epochs, lr=lr)
+
+
+def fit(dls, path, epochs: int, lr: float, **kwargs):
+    "`fit` the small CNN with a `WatchCallback`; returns the learner."
+    learn = learner(dls, path, **kwargs)
+    train(learn, epochs, lr)
     return learn
 
 
@@ -65,13 +75,18 @@ class Boom(Callback):
         if self.train_iter == 3: raise RuntimeError('out of memory, say')
 
 
+def written_triggers(path, run_id) -> list[str]:
+    "The run's alert triggers once the writer has created the store ([] before)."
+    try: return triggers(open_store(path, readonly=True), run_id)
+    except StoreError: return []
+
+
 def test_a_failed_run_alerts_with_the_error(dls, tmp_path, receiver):
-    with pytest.raises(RuntimeError):
-        fit(dls, tmp_path / 'store.db', epochs=1, lr=1e-3, extra_cbs=[Boom()], alerts=receiver.url)
-    wait_for(lambda: (tmp_path / 'store.db').exists())  # the writer notices the fit's end in a moment
+    learn = learner(dls, tmp_path / 'store.db', extra_cbs=[Boom()], alerts=receiver.url)
+    with pytest.raises(RuntimeError): train(learn, epochs=1, lr=1e-3)
+    run_id = learn.watch.run_id
+    wait_for(lambda: written_triggers(tmp_path / 'store.db', run_id))  # the writer notices the fit's end in a moment
     store = open_store(tmp_path / 'store.db', readonly=True)
-    run_id = store.runs()[0]['id']
-    wait_for(lambda: triggers(store, run_id))
     assert triggers(store, run_id) == ['failed']
     error = store.run(run_id)['error']  # what the run's end knows of the error (a caught one leaves no trace)
     assert error and f'failed: {error}' in receiver.received[0]['message']
