@@ -29,7 +29,7 @@ from fastai.vision.all import (
 from PIL import Image
 
 from fastwatch import WatchCallback, open_store
-from fastwatch.demo.digits import digits_learner, small_cnn
+from fastwatch.demo.digits import digits_dls, digits_learner, small_cnn
 
 
 def test_fine_tune_is_one_run_with_steps_counting_on(trained, dls):
@@ -103,6 +103,17 @@ def test_thumbnail_shows_the_decoded_input(trained):
     resized = trained['learn'].dls.valid.do_item(top['item_index'])[0]  # fastai's item transforms (Resize)
     thumbnail = Image.open(io.BytesIO(top['image'])).convert('RGB').resize((16, 16), Image.Resampling.NEAREST)
     np.testing.assert_array_equal(np.asarray(thumbnail), resized.permute(1, 2, 0).numpy())
+
+
+def test_thumbnails_come_from_the_pass_without_reloading_items(digits_path, tmp_path):
+    "The top-loss items' images are kept from the validation pass: no item goes through the data pipeline again."
+    dls = digits_dls(digits_path)
+    loaded, do_item = [], dls.valid.do_item
+    dls.valid.do_item = lambda i: loaded.append(i) or do_item(i)
+    learn = train(dls, tmp_path / 'kept.db', epochs=1)
+    assert len(loaded) == 2 * len(dls.valid_ds)  # fine_tune(1) validates twice, and loads nothing more
+    top = open_store(tmp_path / 'kept.db').top_losses(learn.watch.run_id)
+    assert len(top) == 16 and all(t['image'][:4] == b'\x89PNG' for t in top)
 
 
 def test_no_extra_forward_pass(dls, tmp_path):

@@ -2,6 +2,7 @@
 and top losses cover the whole validation set, as a single-process ClassificationInterpretation finds them."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 from browser import free_port
+from PIL import Image
 
 from fastwatch import open_store
 
@@ -45,6 +47,7 @@ losses, idxs = interp.top_losses(16)
 valid = learn.dls.valid
 json.dump({'matrix': interp.confusion_matrix().tolist(), 'losses': losses.tolist(), 'idxs': idxs.tolist(),
            'items': [str(valid.items[i].relative_to(learn.dls.path)) for i in idxs.tolist()],
+           'pixels': [valid.do_item(i)[0].permute(1, 2, 0).tolist() for i in idxs.tolist()],
            'n_valid': len(valid.dataset), 'n_batches': len(learn.dls.train)}, open(out, 'w'))
 """
 
@@ -93,3 +96,7 @@ def test_top_losses_are_the_whole_sets_mapped_back_to_its_items(ddp_run):
     assert [t['item'] for t in top] == reference['items']
     np.testing.assert_allclose([t['loss'] for t in top], reference['losses'], rtol=1e-4)
     assert len({t['item_index'] for t in top}) == len(top)  # padding repeats items: none twice
+    for t, pixels in zip(top, reference['pixels']):  # each thumbnail is its item's image, from whichever rank saw it
+        pixels = np.array(pixels, dtype=np.uint8)
+        thumbnail = Image.open(io.BytesIO(t['image'])).convert('RGB').resize(pixels.shape[1::-1], Image.NEAREST)
+        np.testing.assert_array_equal(np.asarray(thumbnail), pixels)

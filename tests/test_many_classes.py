@@ -20,6 +20,7 @@ from sklearn.metrics import confusion_matrix
 
 from fastwatch import open_store
 from fastwatch.cli import run_command
+from fastwatch.record.validation import PENDING_VALUES
 from fastwatch.share.exports import HEATMAP_SIDE, confusion_png
 from fastwatch.store.confusion import dense
 from fastwatch.view.charts import IMAGE_SIDE, most_confused
@@ -27,10 +28,11 @@ from fastwatch.view.dashboard import Dashboard
 
 
 class HeldByCollector(Callback):
-    "The most tensor elements WatchCallback's validation collector holds at the end of any validation batch."
+    """The most tensor elements WatchCallback's validation collector holds at the end of any validation batch:
+    per-item values, and scores of batches not reduced to per-item values yet."""
     order = 100  # after WatchCallback
 
-    def before_fit(self): self.most = 0
+    def before_fit(self): self.most = self.most_pending = 0
 
     def after_batch(self):
         collector = self.learn.watch.collectors[-1] if self.learn.watch.collectors else None
@@ -38,6 +40,13 @@ class HeldByCollector(Callback):
         held = [t for values in (collector.losses, collector.decoded, collector.probs, collector.targets)
                 for t in values]
         self.most = max(self.most, sum(t.numel() for t in held))
+        pending = sum(t.numel() for batch in collector.pending for t in batch if t is not None)
+        self.most_pending = max(self.most_pending, pending)
+        self.batch_scores = self.pred.numel()
+
+    def peaks(self) -> dict:
+        "What the training's passes held at most (taken before an evaluation starts counting anew)."
+        return {'items': self.most, 'pending': self.most_pending, 'batch_scores': self.batch_scores}
 
 
 def valid_with_vocab(learn):
@@ -69,7 +78,7 @@ def thousand(tmp_path_factory):
     held = HeldByCollector()
     learn = train_many_classes(path, 1000, cbs=[held])
     store = open_store(path)
-    return {'path': path, 'store': store, 'run_id': store.runs()[0]['id'], 'learn': learn, 'held': held.most,
+    return {'path': path, 'store': store, 'run_id': store.runs()[0]['id'], 'learn': learn, 'held': held.peaks(),
             **oracle(learn)}
 
 
@@ -79,7 +88,7 @@ def twenty_thousand(tmp_path_factory):
     held = HeldByCollector()
     learn = train_many_classes(path, 20_000, n_train=2000, n_valid=3000, cbs=[held])
     store = open_store(path)
-    return {'path': path, 'store': store, 'run_id': store.runs()[0]['id'], 'learn': learn, 'held': held.most,
+    return {'path': path, 'store': store, 'run_id': store.runs()[0]['id'], 'learn': learn, 'held': held.peaks(),
             **oracle(learn)}
 
 
@@ -106,7 +115,11 @@ def test_many_classes_recorded_sparsely_as_fastai_finds_them(case, request):
     np.testing.assert_allclose([t['loss'] for t in top], losses.tolist(), rtol=1e-5)
     assert {t['actual'] for t in top} <= set(learn.dls.vocab)
     # The pass holds a few values per item, never per class pair: 4 tensors of at most n_valid items.
-    assert 0 < run['held'] <= 4 * n_valid
+    held = run['held']
+    assert held['items'] <= 4 * n_valid
+    # ... and the scores of at most PENDING_VALUES (one batch more) not reduced yet: nothing grows with n².
+    assert 0 < held['pending'] <= PENDING_VALUES + 2 * held['batch_scores']
+    if n * n_valid > 2 * PENDING_VALUES: assert held['items'] > 0  # reduced during the pass, not only at its end
 
 
 def test_targets_outside_the_vocabulary_are_ignored_as_the_loss_ignores_them(tmp_path):

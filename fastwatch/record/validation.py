@@ -1,16 +1,19 @@
 """The confusion matrix and the highest-loss items of a validation pass, gathered from fastai's own pass.
 
-Each batch adds what `learn.pred` and `learn.yb` already hold (per-item loss with the loss function's reduction
-set to none, as `ClassificationInterpretation` computes it): no extra forward pass. Only per-item values are kept
-(loss, predicted class, its probability, target), on the model's device until the pass ends, so no batch adds a
-device synchronisation and nothing grows with the square of the number of classes: the confusion matrix is
-counted once, at the end, as the non-zero cells of its (actual, predicted) pairs.
+Each batch hands over what `learn.pred` and `learn.yb` already hold: no extra forward pass. Predictions are held
+until they add up to `PENDING_VALUES` scores (or the pass ends), then reduced together to per-item values (loss
+with the loss function's reduction set to none, as `ClassificationInterpretation` computes it, predicted class,
+its probability, target): a few tensor operations a chunk rather than a dozen a batch. Everything stays on the
+model's device until the pass ends, so no batch adds a device synchronisation and nothing grows with the square
+of the number of classes: the confusion matrix is counted once, at the end, as the non-zero cells of its
+(actual, predicted) pairs.
 
 Positions in the pass are mapped back to dataset indices (a text classifier's `SortedDL` reorders its items),
 and under `distrib_ctx` every rank collects its share and rank 0 merges them without `DistributedDL`'s padding.
 """
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from fastai.torch_core import TensorImageBase, to_device
 from .thumbnails import thumbnail_png, to_pixels
 
 MAX_TEXT = 200
+PENDING_VALUES = 1 << 22  # scores (items x classes) held before they are reduced to per-item values: 16 MB of float32
 
 
 def class_targets(pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor | None:
@@ -75,23 +79,45 @@ def merge_cells(cells: np.ndarray) -> np.ndarray:
 
 
 class ValidationCollector:
-    "Accumulates one validation pass: call `add_batch` after each batch, `result` after the pass."
+    """Accumulates one validation pass: call `add_batch` after each batch, `result` after the pass.
+
+    Inputs that are images (one input tensor of two or more dimensions an item) are kept for the pass's k
+    highest-loss items as the pass goes, so that their thumbnails need no second trip through the data pipeline;
+    other inputs (text, tabular rows) are reloaded for the items shown."""
 
     def __init__(self, learn: Learner, k: int):
         self.learn, self.k = learn, k
         self.classification, self.n_classes = True, None
+        self.pending, self.pending_values = [], 0  # (pred, targ, images) of batches not reduced yet, their values
+        self.reduced = 0  # items reduced so far: the pass position of the first pending one
         self.losses, self.decoded, self.probs, self.targets = [], [], [], []
+        self.top_images = None  # (score, pass position, input image) of the k highest-loss images so far
 
     def add_batch(self) -> None:
         if not self.classification or not len(self.learn.yb): return
+        xb = self.learn.xb
         # As plain tensors: fastai's tensor subclasses make every small operation several times slower.
-        with torch._C.DisableTorchFunctionSubclass(): self._add(self.learn.pred, self.learn.yb[0])
+        with torch._C.DisableTorchFunctionSubclass():
+            pred, targ = self.learn.pred, self.learn.yb[0]
+            if not (isinstance(pred, torch.Tensor) and isinstance(targ, torch.Tensor)) \
+                    or class_targets(pred, targ) is None or self.n_classes not in (None, pred.shape[1]):
+                self.classification = False
+                return
+            self.n_classes, pred, targ = pred.shape[1], pred.detach(), targ.detach()
+            # fastai's CastToTensor has made the inputs plain tensors: decode_batch gives them their types back.
+            images = xb[0] if len(xb) == 1 and isinstance(xb[0], torch.Tensor) and xb[0].ndim >= 3 \
+                and len(xb[0]) == len(pred) else None
+            self.pending.append((pred, targ, images))
+            self.pending_values += pred.numel() + (0 if images is None else images.numel())
+            if self.pending_values >= PENDING_VALUES: self._reduce_pending()
 
-    def _add(self, pred: torch.Tensor, targ: torch.Tensor) -> None:
+    def _reduce_pending(self) -> None:
+        "The per-item values of the batches held so far (called with tensor subclasses disabled)."
+        if not self.pending: return
+        preds, targs, images = zip(*self.pending)
+        self.pending, self.pending_values = [], 0
+        pred, targ = torch.cat(preds), torch.cat(targs)
         classes = class_targets(pred, targ)
-        if classes is None or self.n_classes not in (None, pred.shape[1]):
-            self.classification = False
-            return
         loss_func = self.learn.loss_func
         with self.learn.loss_not_reduced(): losses = loss_func(pred, targ)
         probs = loss_func.activation(pred) if hasattr(loss_func, 'activation') else pred.softmax(-1)
@@ -99,35 +125,63 @@ class ValidationCollector:
         if losses.shape != classes.shape or decoded.shape != classes.shape:
             self.classification = False
             return
-        self.n_classes = pred.shape[1]
-        self.losses.append(losses.detach().float())
+        losses, classes = losses.detach().float(), classes.detach().long()
+        if all(i is not None for i in images) and len({i.shape[1:] for i in images}) == 1:
+            self._keep_images(losses, classes, torch.cat(images))
+        self.losses.append(losses)
         self.decoded.append(decoded.detach().long())
         self.probs.append(probs.detach().gather(-1, decoded.long()[:, None])[:, 0].float())
-        self.targets.append(classes.detach().long())
+        self.targets.append(classes)
+        self.reduced += len(classes)
+
+    def _keep_images(self, losses: torch.Tensor, classes: torch.Tensor, images: torch.Tensor) -> None:
+        "Keep the images of the k highest-loss items so far (NaN first, as `topk`; ignored targets never)."
+        if not self.k: return
+        score = torch.where((classes >= 0) & (classes < self.n_classes), losses.nan_to_num(nan=math.inf), -math.inf)
+        top = score.topk(min(self.k, len(score)))
+        score, positions, images = top.values, top.indices + self.reduced, images[top.indices]
+        if self.top_images is not None:
+            score, positions, images = (torch.cat(pair) for pair in zip(self.top_images, (score, positions, images)))
+            best = score.topk(min(self.k, len(score))).indices
+            score, positions, images = score[best], positions[best], images[best]
+        self.top_images = score, positions, images
+
+    def _images_at(self, at: torch.Tensor) -> list:
+        "The kept input image (on the CPU) of each item at pass positions `at`, or None where none was kept."
+        if self.top_images is None: return [None] * len(at)
+        _, positions, images = self.top_images
+        match = positions[None, :] == at[:, None]
+        found, where = match.any(1).tolist(), match.int().argmax(1).tolist()
+        return [images[i].cpu() if is_kept else None for is_kept, i in zip(found, where)]
 
     def _local(self) -> dict | None:
         "This process's share: the confusion cells and top-k of its items, without padding and ignored targets."
+        if self.classification:
+            with torch._C.DisableTorchFunctionSubclass(): self._reduce_pending()
         if not self.classification or self.n_classes is None: return None
-        n, targets, decoded = self.n_classes, torch.cat(self.targets), torch.cat(self.decoded)
-        indices, real = pass_order(self.learn.dl, len(targets))
-        # Targets outside the vocabulary (-100, the loss's ignore_index) are left out, as the loss leaves them out.
-        keep = torch.as_tensor(real, device=targets.device) & (targets >= 0) & (targets < n)
-        pairs, counts = torch.unique(targets[keep] * n + decoded[keep], return_counts=True)
-        pairs, counts = pairs.cpu().numpy(), counts.cpu().numpy()
-        kept = keep.nonzero()[:, 0]
-        losses = torch.cat(self.losses)[kept]
-        top_loss, top = losses.topk(min(self.k, len(losses)))
-        at = kept[top]
-        columns = {'loss': top_loss, 'actual': targets[at], 'predicted': decoded[at],
-                   'probability': torch.cat(self.probs)[at]}
-        columns = {name: values.cpu().numpy() for name, values in columns.items()}
+        with torch._C.DisableTorchFunctionSubclass():
+            n, targets, decoded = self.n_classes, torch.cat(self.targets), torch.cat(self.decoded)
+            indices, real = pass_order(self.learn.dl, len(targets))
+            # Targets outside the vocabulary (-100, the loss's ignore_index) are left out, as the loss leaves them out.
+            keep = torch.as_tensor(real, device=targets.device) & (targets >= 0) & (targets < n)
+            pairs, counts = torch.unique(targets[keep] * n + decoded[keep], return_counts=True)
+            pairs, counts = pairs.cpu().numpy(), counts.cpu().numpy()
+            kept = keep.nonzero()[:, 0]
+            losses = torch.cat(self.losses)[kept]
+            top_loss, top = losses.topk(min(self.k, len(losses)))
+            at = kept[top]
+            columns = {'loss': top_loss, 'actual': targets[at], 'predicted': decoded[at],
+                       'probability': torch.cat(self.probs)[at]}
+            columns = {name: values.cpu().numpy() for name, values in columns.items()}
+            images = self._images_at(at)
         return {'n_classes': n, 'cells': np.column_stack([pairs // n, pairs % n, counts]).astype(np.int64),
-                'top': {'index': indices[at.cpu().numpy()], **columns}}
+                'top': {'index': indices[at.cpu().numpy()], **columns}, 'images': images}
 
     def result(self) -> dict | None:
         """`{'n_classes', 'cells': (k, 3) (actual, predicted, count), 'top': [{'index', 'loss', 'actual', 'predicted',
-        'probability'}]}` with dataset indices, highest loss first; None when the pass is not single-label
-        classification, and on every rank but 0 under `distrib_ctx`."""
+        'probability', 'image'}]}` with dataset indices, highest loss first (`image`: the input image the pass saw,
+        when kept, else None); None when the pass is not single-label classification, and on every rank but 0 under
+        `distrib_ctx`."""
         if not isinstance(self.learn.dl, DistributedDL): return self._merge([self._local()])
         try: local = self._local()
         except Exception:
@@ -141,8 +195,10 @@ class ValidationCollector:
         if any(s is None or s['n_classes'] != shares[0]['n_classes'] for s in shares): return None
         cells = merge_cells(np.concatenate([s['cells'] for s in shares]))
         top = {name: np.concatenate([s['top'][name] for s in shares]) for name in shares[0]['top']}
+        images = [image for s in shares for image in s['images']]
         order = np.argsort(-np.nan_to_num(top['loss'], nan=np.inf), kind='stable')[:self.k]  # NaN first, as topk
-        rows = [dict(zip(top, values)) for values in zip(*(top[name][order].tolist() for name in top))]
+        rows = [dict(zip(top, values), image=images[i])
+                for i, *values in zip(order.tolist(), *(top[name][order].tolist() for name in top))]
         return {'n_classes': shares[0]['n_classes'], 'cells': cells, 'top': rows}
 
 
@@ -159,7 +215,21 @@ def item_name(dl, index: int, root: Path | None = None) -> str:
     return str(item)[:MAX_TEXT]
 
 
-def decoded_inputs(dl, indices: list[int]) -> list:
+def decoded_inputs(dl, top: list[dict]) -> dict:
+    """Item index -> its input as fastai's `show_batch` has it, for `top` rows of `ValidationCollector.result`: the
+    image the pass saw, decoded, where it was kept, else the item reloaded through the validation transforms."""
+    kept = [t for t in top if t['image'] is not None]
+    inputs = {}
+    if kept:  # the targets go along only because fastai decodes whole (input, target) samples
+        batch = torch.stack([t['image'] for t in kept]), torch.tensor([t['actual'] for t in kept])
+        samples = dl.decode_batch(to_device(batch, dl.device), max_n=len(kept))
+        inputs.update((t['index'], sample[0]) for t, sample in zip(kept, samples))
+    reload = [t['index'] for t in top if t['image'] is None]
+    if reload: inputs.update(zip(reload, reloaded_inputs(dl, reload)))
+    return inputs
+
+
+def reloaded_inputs(dl, indices: list[int]) -> list:
     "The inputs of items `indices`, through the validation transforms and back, as fastai's `show_batch` has them."
     tabular = sys.modules.get('fastai.tabular.core')  # loaded wherever a TabDataLoader exists
     if tabular is not None and isinstance(dl, tabular.TabDataLoader):  # rows, not samples: as its show_batch has them
