@@ -30,6 +30,7 @@ from PIL import Image
 
 from fastwatch import WatchCallback, open_store
 from fastwatch.demo.digits import digits_dls, digits_learner, small_cnn
+from fastwatch.record.thumbnails import thumbnail_png
 
 
 def test_fine_tune_is_one_run_with_steps_counting_on(trained, dls):
@@ -92,7 +93,7 @@ def test_confusion_and_top_losses_equal_classification_interpretation(trained):
         assert t['probability'] == pytest.approx(pred.max().item(), rel=1e-5)
         assert t['item'] == str(valid_items[i].relative_to(learn.dls.path))
         image = Image.open(io.BytesIO(t['image']))
-        assert t['image_type'] == 'image/png' and max(image.size) == 128
+        assert t['image_type'] == 'image/png' and image.size == (16, 16)  # the digits' size: below 128, kept
     assert [store.confusion(run_id, epoch)['epoch'] for epoch in range(3)] == [0, 1, 2]
     assert store.counts(run_id)['confusion'] == 3
     assert len(store.top_losses(run_id, epoch=0)) == 16
@@ -103,6 +104,12 @@ def test_thumbnail_shows_the_decoded_input(trained):
     resized = trained['learn'].dls.valid.do_item(top['item_index'])[0]  # fastai's item transforms (Resize)
     thumbnail = Image.open(io.BytesIO(top['image'])).convert('RGB').resize((16, 16), Image.Resampling.NEAREST)
     np.testing.assert_array_equal(np.asarray(thumbnail), resized.permute(1, 2, 0).numpy())
+
+
+def test_thumbnails_scale_large_images_down_and_keep_small_ones():
+    large, small = np.zeros((200, 300, 3), np.uint8), np.zeros((16, 12), np.uint8)
+    assert Image.open(io.BytesIO(thumbnail_png(large, 128))).size == (128, 85)
+    assert Image.open(io.BytesIO(thumbnail_png(small, 128))).size == (12, 16)
 
 
 def test_thumbnails_come_from_the_pass_without_reloading_items(digits_path, tmp_path):

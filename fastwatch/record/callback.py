@@ -70,7 +70,7 @@ class WatchCallback(Callback):
 
     `store`: a path or SQLAlchemy URL (default `$FASTWATCH_STORE`, then `./fastwatch.db`); `name`: a run name;
     `config`: any JSON-friendly dict to keep with the run; `top_k`: highest-loss items kept per validation pass;
-    `thumb_size`: longest side of their thumbnails in pixels.
+    `thumb_size`: the longest side of their thumbnails in pixels, at most (smaller images are kept as they are).
 
     Watch from anywhere: `publish` (default `$FASTWATCH_PUBLISH`): an fsspec URL or folder the run is published to
     every `publish_every` s, at each epoch's end and at the end (`publish_url`: the https URL that serves it, when
