@@ -9,6 +9,7 @@ import pytest
 from conftest import wait_for
 from fastai.callback.core import Callback
 from storage_server import Receiver
+from torch import nn
 
 from fastwatch import WatchCallback, open_store
 from fastwatch.demo.digits import digits_learner
@@ -33,8 +34,12 @@ def train(learn, epochs: int, lr: float):
 
 
 def fit(dls, path, epochs: int, lr: float, **kwargs):
-    "`fit` the small CNN with a `WatchCallback`; returns the learner."
+    """`fit` the small CNN with a `WatchCallback`; returns the learner. At lr=0 nothing in the model moves, not even
+    BatchNorm's running statistics, so every epoch's metrics repeat exactly."""
     learn = learner(dls, path, **kwargs)
+    if lr == 0:
+        for module in learn.model.modules():
+            if isinstance(module, nn.BatchNorm2d): module.momentum = 0
     train(learn, epochs, lr)
     return learn
 

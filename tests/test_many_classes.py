@@ -183,8 +183,8 @@ def test_a_1000_class_page_settles_and_keeps_answering_in_chromium(thousand, tmp
             rows, highest = page.evaluate(image_js)
             assert rows == -(-1000 // -(-1000 // IMAGE_SIDE)) and highest > 1  # counts
             size = -(-1000 // IMAGE_SIDE)
-            chart = max((c.bounding_box() for c in page.locator('canvas').all() if c.bounding_box()),
-                        key=lambda box: box['y'])  # the confusion matrix, last on the page
+            boxes = [c.bounding_box() for c in page.locator('canvas').all()]  # None for one not shown (any more)
+            chart = max(filter(None, boxes), key=lambda box: box['y'])  # the confusion matrix, last on the page
             page.mouse.move(chart['x'] + chart['width'] / 2, chart['y'] + 100)
             hover = page.get_by_text(re.compile(rf'^class \d+ … class \d+ \({size} classes\)$'))
             hover.first.wait_for(timeout=30_000)  # the hover names the classes of the bin under the pointer
