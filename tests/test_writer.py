@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import sys
 import warnings
 from pathlib import Path
 
+import pytest
 from conftest import train, wait_for
 from fastai.callback.core import Callback
 
@@ -92,9 +94,20 @@ def live_run(path):
     return runs and store_.counts(runs[0]['id'])['batches'] > 3 and runs[0]
 
 
-def test_a_store_that_never_comes_back_is_two_warnings_and_a_bounded_exit(digits_path):
+@pytest.fixture
+def silent_server():
+    "A TCP port whose connections are made (the kernel's backlog) but never answered, like a server that hangs."
+    with socket.socket() as server:
+        server.bind(('127.0.0.1', 0))
+        server.listen(64)
+        yield server.getsockname()[1]
+
+
+@pytest.mark.parametrize('server', ['refusing', 'silent'])
+def test_a_store_that_never_comes_back_is_two_warnings_and_a_bounded_exit(digits_path, server, request):
     "The process trains, waits at most EXIT_WAIT s for the store at exit, and says what it could not write."
-    proc = run_script(digits_path, 'postgresql://fastwatch:fastwatch@127.0.0.1:9/nowhere', 'once')
+    port = 9 if server == 'refusing' else request.getfixturevalue('silent_server')
+    proc = run_script(digits_path, f'postgresql://fastwatch:fastwatch@127.0.0.1:{port}/nowhere', 'once')
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0 and out.splitlines()[-1] == 'trained 1'  # fine_tune(1)'s last fit: 1 epoch
     messages = [line.split('RuntimeWarning: ', 1)[1] for line in err.splitlines()

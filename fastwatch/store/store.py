@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 import numpy as np
-from sqlalchemy import create_engine, event, exc, func, select
+from sqlalchemy import create_engine, event, exc, func, make_url, select
 from sqlalchemy.engine import Engine
 
 from ..errors import RunNotFound, StoreError
@@ -24,6 +24,9 @@ from .schema import batch_blocks, batches, confusion, epochs, runs, top_losses
 
 HEARTBEAT_SECONDS = 2.0  # how often a recording process marks its open runs as alive
 STALE_AFTER = 20.0  # a `running` run whose heartbeat is older than this is reported as interrupted
+# Seconds a PostgreSQL server may take to answer a new connection: one that accepts and never answers then fails
+# like one that refuses, instead of holding the writer (or a dashboard's kernel) for ever.
+CONNECT_TIMEOUT = 5
 DENSE_CLASSES = 100  # up to this many classes, `confusion` also gives the dense matrix
 BATCH_COLUMNS = ('step', 'epoch', 'fit', 'frozen', 'loss', 'smooth_loss', 'lr', 'mom', 'time', 'lrs')
 
@@ -45,7 +48,9 @@ def _sqlite_engine(url: str, readonly: bool) -> Engine:
 
 
 def _server_engine(url: str, readonly: bool) -> Engine:
-    engine = create_engine(url, pool_pre_ping=True)
+    timeout = {'connect_timeout': CONNECT_TIMEOUT} if url.startswith('postgresql') \
+        and 'connect_timeout' not in make_url(url).query else {}  # a URL's own ?connect_timeout= is kept
+    engine = create_engine(url, pool_pre_ping=True, connect_args=timeout)
     if readonly:
         @event.listens_for(engine, 'connect')
         def _readonly(dbapi_conn, _):
