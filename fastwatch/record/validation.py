@@ -105,7 +105,7 @@ class ValidationCollector:
                 return
             self.n_classes, pred, targ = pred.shape[1], pred.detach(), targ.detach()
             # fastai's CastToTensor has made the inputs plain tensors: decode_batch gives them their types back.
-            images = xb[0] if len(xb) == 1 and isinstance(xb[0], torch.Tensor) and xb[0].ndim >= 3 \
+            images = xb[0] if self.k and len(xb) == 1 and isinstance(xb[0], torch.Tensor) and xb[0].ndim >= 3 \
                 and len(xb[0]) == len(pred) else None
             self.pending.append((pred, targ, images))
             self.pending_values += pred.numel() + (0 if images is None else images.numel())
@@ -126,7 +126,7 @@ class ValidationCollector:
             self.classification = False
             return
         losses, classes = losses.detach().float(), classes.detach().long()
-        if all(i is not None for i in images) and len({i.shape[1:] for i in images}) == 1:
+        if all(i is not None for i in images) and len({i.shape[1:] for i in images}) == 1:  # else reloaded
             self._keep_images(losses, classes, torch.cat(images))
         self.losses.append(losses)
         self.decoded.append(decoded.detach().long())
@@ -136,7 +136,6 @@ class ValidationCollector:
 
     def _keep_images(self, losses: torch.Tensor, classes: torch.Tensor, images: torch.Tensor) -> None:
         "Keep the images of the k highest-loss items so far (NaN first, as `topk`; ignored targets never)."
-        if not self.k: return
         score = torch.where((classes >= 0) & (classes < self.n_classes), losses.nan_to_num(nan=math.inf), -math.inf)
         top = score.topk(min(self.k, len(score)))
         score, positions, images = top.values, top.indices + self.reduced, images[top.indices]
@@ -179,9 +178,9 @@ class ValidationCollector:
 
     def result(self) -> dict | None:
         """`{'n_classes', 'cells': (k, 3) (actual, predicted, count), 'top': [{'index', 'loss', 'actual', 'predicted',
-        'probability', 'image'}]}` with dataset indices, highest loss first (`image`: the input image the pass saw,
-        when kept, else None); None when the pass is not single-label classification, and on every rank but 0 under
-        `distrib_ctx`."""
+        'probability', 'input_image'}]}` with dataset indices, highest loss first (`input_image`: the input the pass
+        saw, when kept, else None); None when the pass is not single-label classification, and on every rank but 0
+        under `distrib_ctx`."""
         if not isinstance(self.learn.dl, DistributedDL): return self._merge([self._local()])
         try: local = self._local()
         except Exception:
@@ -197,7 +196,7 @@ class ValidationCollector:
         top = {name: np.concatenate([s['top'][name] for s in shares]) for name in shares[0]['top']}
         images = [image for s in shares for image in s['images']]
         order = np.argsort(-np.nan_to_num(top['loss'], nan=np.inf), kind='stable')[:self.k]  # NaN first, as topk
-        rows = [dict(zip(top, values), image=images[i])
+        rows = [dict(zip(top, values), input_image=images[i])
                 for i, *values in zip(order.tolist(), *(top[name][order].tolist() for name in top))]
         return {'n_classes': shares[0]['n_classes'], 'cells': cells, 'top': rows}
 
@@ -218,13 +217,13 @@ def item_name(dl, index: int, root: Path | None = None) -> str:
 def decoded_inputs(dl, top: list[dict]) -> dict:
     """Item index -> its input as fastai's `show_batch` has it, for `top` rows of `ValidationCollector.result`: the
     image the pass saw, decoded, where it was kept, else the item reloaded through the validation transforms."""
-    kept = [t for t in top if t['image'] is not None]
+    kept = [t for t in top if t['input_image'] is not None]
     inputs = {}
     if kept:  # the targets go along only because fastai decodes whole (input, target) samples
-        batch = torch.stack([t['image'] for t in kept]), torch.tensor([t['actual'] for t in kept])
+        batch = torch.stack([t['input_image'] for t in kept]), torch.tensor([t['actual'] for t in kept])
         samples = dl.decode_batch(to_device(batch, dl.device), max_n=len(kept))
         inputs.update((t['index'], sample[0]) for t, sample in zip(kept, samples))
-    reload = [t['index'] for t in top if t['image'] is None]
+    reload = [t['index'] for t in top if t['input_image'] is None]
     if reload: inputs.update(zip(reload, reloaded_inputs(dl, reload)))
     return inputs
 
