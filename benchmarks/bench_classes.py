@@ -41,10 +41,10 @@ def record(store: Path, n_classes: int) -> dict:
     learn = train_many_classes(store, n_classes, n_train=4000, n_valid=4000)
     seconds = time.perf_counter() - started
     db = open_store(store)
-    run_id = db.runs()[0]['id']
+    run_id = db.runs()[0].id
     with db.engine.connect() as conn:
         stored = conn.execute(confusion.select().where(confusion.c.run_id == run_id)).first().counts
-    return {'run_id': run_id, 'fit': seconds, 'stored': len(stored), 'cells': len(db.confusion(run_id)['cells']),
+    return {'run_id': run_id, 'fit': seconds, 'stored': len(stored), 'cells': len(db.confusion(run_id).cells),
             'n_valid': len(learn.dls.valid_ds)}
 
 

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -29,24 +28,25 @@ from browser import POINTS_JS, free_port, kernels, launch, open_dashboard, serve
 
 from fastwatch import open_store  # noqa: E402
 from fastwatch.record.writer import Writer  # noqa: E402
+from fastwatch.store import RunInfo, RunRecord  # noqa: E402
+from fastwatch.store.records import FitInfo  # noqa: E402
+from fastwatch.store.tables import BatchRow, EpochRow  # noqa: E402
 from fastwatch.view.server import PREHEATED_KERNELS  # noqa: E402
 
 
 def record_run(store: Path, steps: int, status: str = 'finished') -> str:
     "A run of `steps` synthetic batch rows (and 10 epochs), written by the real background writer."
     writer, run_id, now = Writer.for_store(store), uuid.uuid4().hex[:13], time.time()
-    info = {'planned_epochs': 10, 'metric_names': ['error_rate'], 'fits': [{'fit': 0, 'frozen': False}]}
-    writer.start_run({'id': run_id, 'name': f'{steps:,} steps', 'status': 'running', 'error': None,
-                      'created_at': now, 'updated_at': now, 'heartbeat': now, 'info': json.dumps(info),
-                      'config': '{}', 'vocab': None, 'lost_rows': 0})
+    info = RunInfo(planned_epochs=10, metric_names=['error_rate'], fits=[FitInfo(0, 10)])
+    writer.start_run(RunRecord.new(run_id, f'{steps:,} steps', info, {}, None, now))
     loss = 2 * np.exp(-np.arange(steps) / steps * 4) + np.random.default_rng(0).random(steps) * 0.3
     for step in range(steps):
         epoch = step * 10 // steps
-        writer.add_batch((run_id, step, epoch, 0, False, loss[step], loss[step], 1e-3, 0.9, now, None))
+        writer.add_batch(BatchRow(run_id, step, epoch, 0, False, float(loss[step]), float(loss[step]), 1e-3, 0.9, now,
+                                  None))
         if (step + 1) * 10 // steps != epoch:
-            writer.add_rows('epochs', [{'run_id': run_id, 'epoch': epoch, 'fit': 0, 'frozen': False, 'step': step,
-                                        'train_loss': loss[step], 'valid_loss': loss[step],
-                                        'metrics': json.dumps({'error_rate': 0.1}), 'duration': 1.0, 'time': now}])
+            writer.add_rows('epochs', [EpochRow(run_id, epoch, 0, False, step, float(loss[step]), float(loss[step]),
+                                                {'error_rate': 0.1}, 1.0, now)])
     if status != 'running': writer.end_run(run_id, status)
     writer.flush(600)
     return run_id
@@ -119,7 +119,7 @@ def screenshots(browser, out: Path, port: int) -> None:
         try:
             url = next(line.split('open ', 1)[1].strip() for line in demo.stdout if 'open http' in line)
             store = None
-            while store is None or not store.runs() or len(store.epochs(store.runs()[0]['id'])) < 2:
+            while store is None or not store.runs() or len(store.epochs(store.runs()[0].id)) < 2:
                 time.sleep(1)
                 if Path(f'{tmp}/demo.db').exists(): store = open_store(f'{tmp}/demo.db', readonly=True)
             for name, viewport in (('desktop', {'width': 1280, 'height': 1800}),

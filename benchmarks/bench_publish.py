@@ -21,11 +21,13 @@ from playwright.sync_api import sync_playwright
 
 sys.path.insert(0, str(Path(__file__).parents[1] / 'tests'))
 from browser import launch, self_signed_certificate, served, with_query  # noqa: E402
+from helpers import batch_row, start_synthetic_run  # noqa: E402
 from storage_server import dav_server  # noqa: E402
 
 from fastwatch import open_store  # noqa: E402
+from fastwatch.record.network import PublishListener  # noqa: E402
 from fastwatch.record.writer import Writer  # noqa: E402
-from fastwatch.share.publish import Publisher  # noqa: E402
+from fastwatch.remote.protocol import Publisher  # noqa: E402
 
 LAST_STEP_JS = """() => { for (const doc of (window.Bokeh ? Bokeh.documents : []))
   for (const model of doc._all_models.values()) if (model.name && model.name.startsWith('loss:'))
@@ -45,13 +47,11 @@ def main() -> None:
         os.environ.update(SSL_CERT_FILE=str(cert), FASTWATCH_ALLOW_PRIVATE_URLS='1')
         with dav_server(tmp / 'site', (cert, key)) as dav:
             store, run_id = tmp / 'train.db', 'benchpublish1'
-            writer, now = Writer.for_store(store), time.time()
-            writer.start_run({'id': run_id, 'name': 'bench', 'status': 'running', 'error': None, 'created_at': now,
-                              'updated_at': now, 'heartbeat': now, 'info': '{}', 'config': '{}', 'lost_rows': 0,
-                              'vocab': None})
-            writer.hooks.append(Publisher(str(store), run_id, str(dav.folder / 'runs'), every=args.every,
-                                          url=dav.url + 'runs/'))
-            writer.add_batch((run_id, 0, 0, 0, False, 1.0, 1.0, 1e-3, 0.9, time.time(), None))
+            writer = Writer.for_store(store)
+            start_synthetic_run(writer, run_id, 'bench')
+            writer.listeners.append(PublishListener(Publisher(str(store), run_id, str(dav.folder / 'runs'),
+                                                              every=args.every, url=dav.url + 'runs/')))
+            writer.add_batch(batch_row(run_id, 0))
             assert writer.flush(timeout=30)
             while not (dav.folder / 'runs' / run_id / 'index.json').exists(): time.sleep(0.1)
             open_store(tmp / 'served.db').close()
@@ -65,8 +65,7 @@ def main() -> None:
                 while time.time() - started < args.seconds:
                     now = time.time()
                     while next_row <= now:
-                        writer.add_batch((run_id, step, 0, 0, False, 1 / (step + 1), 1.0, 1e-3, 0.9, time.time(),
-                                          None))
+                        writer.add_batch(batch_row(run_id, step, 1 / (step + 1), smooth_loss=1.0))
                         step, next_row = step + 1, next_row + 1 / args.rate
                     seen.append((time.time(), page.evaluate(LAST_STEP_JS)))
                     time.sleep(0.05)

@@ -14,20 +14,20 @@ from pathlib import Path
 
 from fastwatch import open_store
 from fastwatch.record.writer import Writer
+from fastwatch.store import RunInfo, RunRecord
+from fastwatch.store.tables import BatchRow
 
 
 def write_run(location, run_id: str, n_rows: int) -> float:
     "Seconds from the first `add_batch` until the writer has committed all `n_rows` rows."
     writer = Writer.for_store(location)
     now = time.time()
-    writer.start_run({'id': run_id, 'name': 'bench', 'status': 'running', 'error': None, 'created_at': now,
-                      'updated_at': now, 'heartbeat': now, 'info': '{}', 'config': '{}', 'vocab': None,
-                      'lost_rows': 0})
+    writer.start_run(RunRecord.new(run_id, 'bench', RunInfo(), {}, None, now))
     assert writer.flush(timeout=60)
     start = time.perf_counter()
     for step in range(n_rows):
         loss = 1.0 / (1 + step) + (step % 7) * 1e-3
-        writer.add_batch((run_id, step, step // 10_000, 0, False, loss, loss, 1e-3, 0.9, now, None))
+        writer.add_batch(BatchRow(run_id, step, step // 10_000, 0, False, loss, loss, 1e-3, 0.9, now, None))
     writer.end_run(run_id, 'finished')
     assert writer.flush(timeout=600)
     return time.perf_counter() - start

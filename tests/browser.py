@@ -127,15 +127,6 @@ def kernels(url: str) -> dict[str, float]:
     return found
 
 
-def wait_for_kernels(url: str, count: int, timeout: float = 20) -> dict[str, float]:
-    "Wait until the server at `url` has `count` kernels; returns them."
-    deadline = time.monotonic() + timeout
-    while len(found := kernels(url)) != count:
-        if time.monotonic() > deadline: raise TimeoutError(f'{len(found)} kernels, not {count}, after {timeout} s')
-        time.sleep(0.2)
-    return found
-
-
 def page_kernel(page) -> str:
     "The id of the kernel a dashboard page runs on."
     return page.evaluate("JSON.parse(document.getElementById('jupyter-config-data').textContent).kernelId")

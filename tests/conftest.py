@@ -2,11 +2,18 @@
 from __future__ import annotations
 
 import os
-import time
+import socket
 import uuid
 import warnings
 
 import pytest
+from helpers import train
+from hypothesis import settings
+
+# In CI the examples hypothesis tries are the same on every run (a red CI is never a new random example);
+# elsewhere each run explores new ones.
+settings.register_profile('ci', derandomize=True)
+if os.environ.get('CI'): settings.load_profile('ci')
 
 POSTGRES_URL = os.environ.get('FASTWATCH_TEST_POSTGRES',
                               'postgresql://fastwatch:fastwatch@127.0.0.1:5432/fastwatch_test')
@@ -20,18 +27,32 @@ def digits_path(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
+def few_digits(tmp_path_factory):
+    "240 digits: 50 to validate, 190 to train on in 11 batches of 16 an epoch (fastai drops the last, partial one)."
+    from fastwatch.demo.digits import digits_folder
+    return digits_folder(tmp_path_factory.mktemp('few-digits'), per_class=24)
+
+
+@pytest.fixture
+def start_training(few_digits, tmp_path):
+    "Start trainings in child processes (`child_training.Training`); they are killed if left running."
+    from child_training import Training
+    started = []
+
+    def start(location, **kwargs) -> Training:
+        started.append(Training(few_digits, location, tmp_path, **kwargs))
+        return started[-1]
+    yield start
+    for training in started:
+        if training.proc.poll() is None:
+            training.proc.kill()
+            training.proc.wait()
+
+
+@pytest.fixture(scope='session')
 def dls(digits_path):
     from fastwatch.demo.digits import digits_dls
     return digits_dls(digits_path)
-
-
-def train(dls, store, epochs: int = 1, extra_cbs=(), **callback_kwargs):
-    "`fine_tune(epochs)` a small CNN on the digits with a `WatchCallback`; returns the learner."
-    from fastwatch import WatchCallback
-    from fastwatch.demo.digits import digits_learner
-    learn = digits_learner(dls, cbs=[WatchCallback(store=store, **callback_kwargs), *extra_cbs])
-    with learn.no_bar(), learn.no_logging(): learn.fine_tune(epochs, base_lr=1e-2)
-    return learn
 
 
 @pytest.fixture(scope='session')
@@ -45,7 +66,7 @@ def trained(dls, tmp_path_factory):
     recorder = learn.recorder
     recorded = {'values': [list(v) for v in recorder.values], 'losses': [float(loss) for loss in recorder.losses],
                 'lrs': list(recorder.lrs), 'metric_names': list(recorder.metric_names)}
-    return {'path': path, 'store': store, 'run_id': store.runs()[0]['id'], 'learn': learn, 'recorder': recorded}
+    return {'path': path, 'store': store, 'run_id': store.runs()[0].id, 'learn': learn, 'recorder': recorded}
 
 
 @pytest.fixture
@@ -64,20 +85,20 @@ def postgres_url():
     engine.dispose()
 
 
+@pytest.fixture
+def silent_port():
+    "A TCP port whose connections are made (the kernel's backlog) but never answered, like a server that hangs."
+    with socket.socket() as server:
+        server.bind(('127.0.0.1', 0))
+        server.listen(64)
+        yield server.getsockname()[1]
+
+
 @pytest.fixture(autouse=True)
 def _no_stray_store(tmp_path, monkeypatch):
     "Tests that forget `store=` must not write ./fastwatch.db into the repository."
     monkeypatch.setenv('FASTWATCH_STORE', str(tmp_path / 'default.db'))
     warnings.filterwarnings('ignore', message='.*torch.jit.script.*')
-
-
-def wait_for(condition, timeout: float = 60.0):
-    "Poll `condition()` until it returns something truthy and return that; fail after `timeout` seconds."
-    deadline = time.monotonic() + timeout
-    while not (found := condition()):
-        assert time.monotonic() < deadline, f'not true after {timeout} s'
-        time.sleep(0.1)
-    return found
 
 
 @pytest.fixture(scope='module')

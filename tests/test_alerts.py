@@ -6,8 +6,8 @@ import html
 import warnings
 
 import pytest
-from conftest import wait_for
 from fastai.callback.core import Callback
+from helpers import wait_for
 from storage_server import Receiver
 from torch import nn
 
@@ -44,7 +44,7 @@ def fit(dls, path, epochs: int, lr: float, **kwargs):
     return learn
 
 
-def triggers(store, run_id) -> list[str]: return [a['trigger'] for a in store.alerts(run_id)]
+def triggers(store, run_id) -> list[str]: return [a.trigger for a in store.alerts(run_id)]
 
 
 def test_each_trigger_alerts_once_with_the_runs_link(dls, tmp_path, receiver):
@@ -52,22 +52,24 @@ def test_each_trigger_alerts_once_with_the_runs_link(dls, tmp_path, receiver):
     learn = fit(dls, tmp_path / 'store.db', epochs=4, lr=0, alerts=receiver.url,
                 alert_on={'error_rate': '<1.01', 'valid_loss': 'no improvement for 2 epochs'})
     run_id, store = learn.watch.run_id, open_store(tmp_path / 'store.db', readonly=True)
+    wait_for(lambda: 'finished' in triggers(store, run_id))  # sent from a thread of their own, then written
     assert triggers(store, run_id) == ['threshold', 'plateau', 'finished']  # once each, though both hold again later
     bodies = [r['message'] for r in receiver.received]
-    assert bodies == [a['message'] for a in store.alerts(run_id)] and all(a['delivered'] for a in store.alerts(run_id))
+    assert bodies == [a.message for a in store.alerts(run_id)] and all(a.delivered for a in store.alerts(run_id))
     assert all(f'alerting ({run_id})' in b and f'http://127.0.0.1:8866/?run={run_id}' in b for b in bodies)
     assert 'error_rate is' in bodies[0] and 'after epoch 0' in bodies[0]
     assert 'valid_loss has not improved for 2 epochs' in bodies[1] and 'after epoch 2' in bodies[1]
     final = store.epochs(run_id)[-1]
-    assert 'finished after 4 epochs' in bodies[2] and f"error_rate {final['metrics']['error_rate']:.4g}" in bodies[2]
+    assert 'finished after 4 epochs' in bodies[2] and f"error_rate {final.metrics['error_rate']:.4g}" in bodies[2]
     assert [r['title'] for r in receiver.received][2] == f'fastwatch: run alerting ({run_id}) finished'
     page = Dashboard(store, run_id)
-    assert all(html.escape(b.splitlines()[0]) in page.alerts.value for b in bodies)
+    assert all(html.escape(b.splitlines()[0]) in page.alerts.widget.value for b in bodies)
 
 
 def test_a_nan_run_alerts_once(dls, tmp_path, receiver):
     learn = fit(dls, tmp_path / 'store.db', epochs=1, lr=1e6, alerts=receiver.url)
     run_id, store = learn.watch.run_id, open_store(tmp_path / 'store.db', readonly=True)
+    wait_for(lambda: 'finished' in triggers(store, run_id))
     losses = store.batches(run_id)['loss']
     assert sum(loss is None for loss in losses) > 1  # many non-finite losses (stored as NULL) ...
     assert triggers(store, run_id) == ['non_finite', 'finished']  # ... one alert
@@ -93,7 +95,7 @@ def test_a_failed_run_alerts_with_the_error(dls, tmp_path, receiver):
     wait_for(lambda: written_triggers(tmp_path / 'store.db', run_id))  # the writer notices the fit's end in a moment
     store = open_store(tmp_path / 'store.db', readonly=True)
     assert triggers(store, run_id) == ['failed']
-    error = store.run(run_id)['error']  # what the run's end knows of the error (a caught one leaves no trace)
+    error = store.run(run_id).error  # what the run's end knows of the error (a caught one leaves no trace)
     assert error and f'failed: {error}' in receiver.received[0]['message']
 
 
@@ -105,11 +107,12 @@ def test_a_failing_notifier_is_one_warning(dls, tmp_path, receiver):
         warnings.simplefilter('always')
         learn = fit(dls, tmp_path / 'store.db', epochs=2, lr=0, alerts=f'json://127.0.0.1:{port}',
                     alert_on={'error_rate': '<1.01'})
+        wait_for(lambda: 'finished' in written_triggers(tmp_path / 'store.db', learn.watch.run_id))
     messages = [str(w.message) for w in caught if f'run {learn.watch.run_id}' in str(w.message)]
     assert len([m for m in messages if 'could not send an alert' in m]) == 1, messages
     store = open_store(tmp_path / 'store.db', readonly=True)
     alerts = store.alerts(learn.watch.run_id)
-    assert [a['trigger'] for a in alerts] == ['threshold', 'finished'] and not any(a['delivered'] for a in alerts)
+    assert [a.trigger for a in alerts] == ['threshold', 'finished'] and not any(a.delivered for a in alerts)
     assert len(learn.recorder.values) == 2
 
 

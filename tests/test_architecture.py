@@ -35,12 +35,16 @@ def test_the_tree_keeps_every_contract():
 @pytest.mark.parametrize('module, line, contract', [
     ('store/store.py', 'from ..view import charts', 'The store imports nothing else'),
     ('store/schema.py', 'from ..formats import format_when', 'The store imports nothing else'),
-    ('view/charts.py', 'from ..record import writer', 'The view and share sides never import the record side'),
-    ('share/links.py', 'import fastwatch.record.validation', 'The view and share sides never import the record side'),
-    ('view/live.py', 'import torch', 'Nothing but record and demo imports torch or fastai'),
-    ('cli.py', 'from fastai.learner import Learner', 'Nothing but record and demo imports torch or fastai'),
+    ('store/tables.py', 'from ..remote import protocol', 'The store imports nothing else'),
+    ('view/charts.py', 'from ..record import writer', 'The data flow'),
+    ('links.py', 'import fastwatch.record.validation', 'errors, formats and links are leaves'),
     ('share/exports.py', 'from ..view import terminal', 'The data flow'),
-    ('errors.py', 'from .store import location', 'errors and formats are leaves'),
+    ('record/writer.py', 'from ..share import binder', 'The data flow'),
+    ('remote/protocol.py', 'from ..view import page', 'The data flow'),
+    ('view/feed.py', 'import torch', 'Nothing but record and demo imports torch or fastai'),
+    ('remote/fetch.py', 'import fastai', 'Nothing but record and demo imports torch or fastai'),
+    ('cli.py', 'from fastai.learner import Learner', 'Nothing but record and demo imports torch or fastai'),
+    ('errors.py', 'from .store import location', 'errors, formats and links are leaves'),
 ])
 def test_a_broken_contract_fails_the_check(copy, module, line, contract):
     path = copy / 'fastwatch' / module

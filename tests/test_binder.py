@@ -139,7 +139,7 @@ def test_fresh_environment_from_binder_requirements_serves_the_demo(tmp_path):
     command = ['./binder/start', 'voila', 'apps/dashboard.ipynb', '--no-browser', f'--port={port}']
     with serving(command, repo, env, port):
         header = page_header(f'http://127.0.0.1:{port}/')
-    assert run['id'] in header and run['name'] in header and 'finished' in header
+    assert run.id in header and run.name in header and 'finished' in header
 
 
 @needs_chromium

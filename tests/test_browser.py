@@ -14,15 +14,14 @@ from browser import (
     points,
     served,
     train_in_background,
-    wait_for_kernels,
     wait_for_points,
     with_query,
 )
-from conftest import train
+from helpers import train, wait_for
 
 from fastwatch import open_store
 from fastwatch.demo.digits import digits_dls, digits_folder
-from fastwatch.view.server import PREHEATED_KERNELS, REFILL_DELAY_SECONDS
+from fastwatch.view.server import PREHEATED_KERNELS
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f'no chromium at {CHROMIUM} (.ci/run installs it)')
 HOSTILE = '<img src=x onerror=alert(1)>'
@@ -37,7 +36,7 @@ def site(tmp_path_factory):
     train(digits_dls(digits_folder(folder / 'digits', per_class=30, class_names=names)), folder / 'store.db',
           epochs=1, name=HOSTILE)
     with served(folder / 'store.db', folder, config={'DashboardServer': {'orphan_timeout': ORPHAN_SECONDS}}) as url:
-        yield {'url': url, 'store': folder / 'store.db', 'run_id': open_store(folder / 'store.db').runs()[0]['id']}
+        yield {'url': url, 'store': folder / 'store.db', 'run_id': open_store(folder / 'store.db').runs()[0].id}
 
 
 def test_a_run_page_shows_charts_confusion_gallery_and_names_as_text(site, page):
@@ -64,17 +63,16 @@ def test_hovering_the_charts_shows_exact_values(site, page):
             page.mouse.move(box['x'] + box['width'] * fraction, box['y'] + box['height'] * 0.7)
             shown.update(' '.join(t.split()) for t in page.locator('div.bk-tooltip-content').all_inner_texts())
     epochs = open_store(site['store'], readonly=True).epochs(site['run_id'])
-    assert {f"seconds: {e['duration']:.1f} epoch: {e['epoch']}" for e in epochs} & shown, shown
+    assert {f"seconds: {e.duration:.1f} epoch: {e.epoch}" for e in epochs} & shown, shown
     assert {'phase: fit 1: frozen body', 'phase: fit 2: unfrozen'} <= shown
 
 
 def test_the_loss_series_grows_while_another_process_trains(site, page, digits_path):
     trainer = train_in_background(digits_path, site['store'], epochs=2)
     store = open_store(site['store'], readonly=True)
-    while not [run for run in store.runs() if run['state'] == 'live']:
-        assert trainer.poll() is None, 'the training ended before it was seen'
-        time.sleep(0.1)
-    run_id = store.runs()[0]['id']
+    wait_for(lambda: [run for run in store.runs() if run.state == 'live'] or trainer.poll() is not None)
+    assert trainer.poll() is None, 'the training ended before it was seen'
+    run_id = store.runs()[0].id
     open_dashboard(page, with_query(site['url'], run=run_id))
     seen = [points(page)]
     while trainer.poll() is None:
@@ -87,24 +85,23 @@ def test_the_loss_series_grows_while_another_process_trains(site, page, digits_p
     page.wait_for_function("document.querySelector('.fw-header').innerText.includes('finished')", timeout=10_000)
 
 
-def test_a_closed_page_shuts_its_small_kernel_down(site, browser, digits_path):
+def test_a_closed_page_shuts_its_small_kernel_down(site, browser, digits_path, tmp_path):
+    "Closing the tab shuts its kernel down at once: long before the server would take it for abandoned."
     trainer = train_in_background(digits_path, site['store'], epochs=3, name='closed page')
     store = open_store(site['store'], readonly=True)
-    while not [run for run in store.runs() if run['state'] == 'live']:
-        assert trainer.poll() is None, 'the training ended before it was seen'
-        time.sleep(0.1)
-    preheated = wait_for_kernels(site['url'], PREHEATED_KERNELS, timeout=ORPHAN_SECONDS + 20)
-    context = browser.new_context()
-    page = context.new_page()
-    open_dashboard(page, with_query(site['url'], run=store.runs()[0]['id']))  # its kernel follows the live run
-    viewer = page_kernel(page)
-    assert viewer in preheated and kernels(site['url'])[viewer] < 150  # MB: the viewer's kernel, at its peak
-    page.close(run_before_unload=True)  # as a tab is closed
-    deadline = time.monotonic() + 5
-    while viewer in kernels(site['url']): assert time.monotonic() < deadline, 'the closed page kept its kernel'
-    time.sleep(REFILL_DELAY_SECONDS)
-    wait_for_kernels(site['url'], PREHEATED_KERNELS)  # only preheated ones, for the next pages
-    context.close()
+    wait_for(lambda: [run for run in store.runs() if run.state == 'live'] or trainer.poll() is not None)
+    assert trainer.poll() is None, 'the training ended before it was seen'
+    with served(site['store'], tmp_path) as url:  # its own server: only this page's kernels, abandoned after 60 s
+        preheated = wait_for(lambda: len(found := kernels(url)) == PREHEATED_KERNELS and found)
+        context = browser.new_context()
+        page = context.new_page()
+        open_dashboard(page, with_query(url, run=store.runs()[0].id))  # its kernel follows the live run
+        viewer = page_kernel(page)
+        assert viewer in preheated and kernels(url)[viewer] < 150  # MB: the viewer's kernel, at its peak
+        page.close(run_before_unload=True)  # as a tab is closed
+        wait_for(lambda: viewer not in kernels(url), timeout=45)  # the page's beacon, not the 60 s orphan sweep
+        wait_for(lambda: len(kernels(url)) == PREHEATED_KERNELS)  # refilled: only preheated ones, for the next pages
+        context.close()
     assert trainer.wait(120) == 0
 
 
@@ -114,8 +111,7 @@ def test_an_abandoned_page_loses_its_kernel(site, browser):
     open_dashboard(page, with_query(site['url'], run=site['run_id']))
     viewer = page_kernel(page)
     context.close()  # gone without a word (no beforeunload): a crashed browser, a phone out of network
-    deadline = time.monotonic() + ORPHAN_SECONDS + 5
-    while viewer in kernels(site['url']): assert time.monotonic() < deadline, 'the abandoned page kept its kernel'
+    wait_for(lambda: viewer not in kernels(site['url']), timeout=ORPHAN_SECONDS + 60)
 
 
 def test_a_phone_sees_stacked_charts_and_no_horizontal_scrolling(site, browser):

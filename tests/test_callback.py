@@ -8,7 +8,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import train
 from fastai.callback.core import Callback
 from fastai.callback.tracker import EarlyStoppingCallback
 from fastai.interpret import ClassificationInterpretation
@@ -26,6 +25,7 @@ from fastai.vision.all import (
     parent_label,
     rmse,
 )
+from helpers import train
 from PIL import Image
 
 from fastwatch import WatchCallback, open_store
@@ -52,57 +52,56 @@ def test_fine_tune_is_one_run_with_steps_counting_on(trained, dls):
 def test_epochs_hold_every_metric_the_recorder_reports(trained, dls):
     store, run_id = trained['store'], trained['run_id']
     epochs = store.epochs(run_id)
-    assert [(e['epoch'], e['fit'], e['frozen']) for e in epochs] == [(0, 0, True), (1, 1, False), (2, 1, False)]
+    assert [(e.epoch, e.fit, e.frozen) for e in epochs] == [(0, 0, True), (1, 1, False), (2, 1, False)]
     for epoch, values in zip(epochs[1:], trained['recorder']['values']):  # values: train_loss, valid_loss, error_rate
-        np.testing.assert_allclose([epoch['train_loss'], epoch['valid_loss'], epoch['metrics']['error_rate']],
+        np.testing.assert_allclose([epoch.train_loss, epoch.valid_loss, epoch.metrics['error_rate']],
                                    values, rtol=1e-6)
-        assert epoch['duration'] > 0
-    assert [e['step'] for e in epochs] == [(i + 1) * len(dls.train) - 1 for i in range(3)]
+        assert epoch.duration > 0
+    assert [e.step for e in epochs] == [(i + 1) * len(dls.train) - 1 for i in range(3)]
 
 
 def test_run_record_describes_the_training(trained):
     run = trained['store'].run(trained['run_id'])
-    assert re.fullmatch(r'[a-z2-7]{13}', run['id'])
-    assert (run['status'], run['state'], run['name'], run['config']) == ('finished', 'finished', 'digits',
+    assert re.fullmatch(r'[a-z2-7]{13}', run.id)
+    assert (run.status, run.state, run.name, run.config) == ('finished', 'finished', 'digits',
                                                                           {'purpose': 'tests'})
-    info, learn = run['info'], trained['learn']
-    assert info['n_params'] == sum(p.numel() for p in learn.model.parameters())
-    assert (info['n_train'], info['n_valid'], info['batch_size']) == (len(learn.dls.train_ds),
-                                                                      len(learn.dls.valid_ds), 64)
-    assert info['metric_names'] == ['error_rate'] and info['planned_epochs'] == 3
-    assert [(f['n_epoch'], f['frozen']) for f in info['fits']] == [(1, True), (2, False)]
-    assert info['torch'] == torch.__version__ and info['model'] == 'Sequential'
-    assert run['vocab'] == [str(v) for v in learn.dls.vocab]
-    assert run['heartbeat'] >= run['created_at'] and run['lost_rows'] == 0
+    info, learn = run.info, trained['learn']
+    assert info.n_params == sum(p.numel() for p in learn.model.parameters())
+    assert (info.n_train, info.n_valid, info.batch_size) == (len(learn.dls.train_ds), len(learn.dls.valid_ds), 64)
+    assert info.metric_names == ['error_rate'] and info.planned_epochs == 3
+    assert [(f.n_epoch, f.frozen) for f in info.fits] == [(1, True), (2, False)]
+    assert info.torch == torch.__version__ and info.model == 'Sequential'
+    assert run.vocab == [str(v) for v in learn.dls.vocab]
+    assert run.heartbeat >= run.created_at and run.lost_rows == 0
 
 
 def test_confusion_and_top_losses_equal_classification_interpretation(trained):
     store, run_id, learn = trained['store'], trained['run_id'], trained['learn']
     interp = ClassificationInterpretation.from_learner(learn)
     confusion = store.confusion(run_id)
-    assert confusion['epoch'] == 2 and confusion['vocab'] == list(learn.dls.vocab)
-    np.testing.assert_array_equal(confusion['matrix'], interp.confusion_matrix())
+    assert confusion.epoch == 2 and confusion.vocab == list(learn.dls.vocab)
+    np.testing.assert_array_equal(confusion.matrix, interp.confusion_matrix())
     losses, idxs = interp.top_losses(16)
     top = store.top_losses(run_id)
-    assert [t['item_index'] for t in top] == idxs.tolist()
-    np.testing.assert_allclose([t['loss'] for t in top], losses.tolist(), rtol=1e-5)
+    assert [t.item_index for t in top] == idxs.tolist()
+    np.testing.assert_allclose([t.loss for t in top], losses.tolist(), rtol=1e-5)
     _, preds, targs, decoded, _ = interp[idxs]
     vocab, valid_items = learn.dls.vocab, learn.dls.valid.items
     for t, i, pred, targ, dec in zip(top, idxs.tolist(), preds, targs, decoded):
-        assert t['actual'] == vocab[targ] and t['predicted'] == vocab[dec]
-        assert t['probability'] == pytest.approx(pred.max().item(), rel=1e-5)
-        assert t['item'] == str(valid_items[i].relative_to(learn.dls.path))
-        image = Image.open(io.BytesIO(t['image']))
-        assert t['image_type'] == 'image/png' and image.size == (16, 16)  # the digits' size: below 128, kept
-    assert [store.confusion(run_id, epoch)['epoch'] for epoch in range(3)] == [0, 1, 2]
+        assert t.actual == vocab[targ] and t.predicted == vocab[dec]
+        assert t.probability == pytest.approx(pred.max().item(), rel=1e-5)
+        assert t.item == str(valid_items[i].relative_to(learn.dls.path))
+        image = Image.open(io.BytesIO(t.image))
+        assert t.image_type == 'image/png' and image.size == (16, 16)  # the digits' size: below 128, kept
+    assert [store.confusion(run_id, epoch).epoch for epoch in range(3)] == [0, 1, 2]
     assert store.counts(run_id)['confusion'] == 3
     assert len(store.top_losses(run_id, epoch=0)) == 16
 
 
 def test_thumbnail_shows_the_decoded_input(trained):
     top = trained['store'].top_losses(trained['run_id'])[0]
-    resized = trained['learn'].dls.valid.do_item(top['item_index'])[0]  # fastai's item transforms (Resize)
-    thumbnail = Image.open(io.BytesIO(top['image'])).convert('RGB').resize((16, 16), Image.Resampling.NEAREST)
+    resized = trained['learn'].dls.valid.do_item(top.item_index)[0]  # fastai's item transforms (Resize)
+    thumbnail = Image.open(io.BytesIO(top.image)).convert('RGB').resize((16, 16), Image.Resampling.NEAREST)
     np.testing.assert_array_equal(np.asarray(thumbnail), resized.permute(1, 2, 0).numpy())
 
 
@@ -120,7 +119,7 @@ def test_thumbnails_come_from_the_pass_without_reloading_items(digits_path, tmp_
     learn = train(dls, tmp_path / 'kept.db', epochs=1)
     assert len(loaded) == 2 * len(dls.valid_ds)  # fine_tune(1) validates twice, and loads nothing more
     top = open_store(tmp_path / 'kept.db').top_losses(learn.watch.run_id)
-    assert len(top) == 16 and all(t['image'][:4] == b'\x89PNG' for t in top)
+    assert len(top) == 16 and all(t.image[:4] == b'\x89PNG' for t in top)
 
 
 def test_no_extra_forward_pass(dls, tmp_path):
@@ -143,15 +142,15 @@ def test_lr_find_get_preds_validate_and_interpretation_record_nothing(dls, tmp_p
     assert not path.exists()
     with learn.no_bar(), learn.no_logging(): learn.fine_tune(1)
     store = open_store(path)
-    assert [r['status'] for r in store.runs()] == ['finished']
-    assert len(store.epochs(store.runs()[0]['id'])) == 2
+    assert [r.status for r in store.runs()] == ['finished']
+    assert len(store.epochs(store.runs()[0].id)) == 2
 
 
 def test_reusing_the_callback_makes_a_second_run(dls, tmp_path):
     learn = train(dls, tmp_path / 'two.db', epochs=1)
     with learn.no_bar(), learn.no_logging(): learn.fine_tune(1)
     runs = open_store(tmp_path / 'two.db').runs()
-    assert len(runs) == 2 and runs[0]['id'] != runs[1]['id'] and {r['status'] for r in runs} == {'finished'}
+    assert len(runs) == 2 and runs[0].id != runs[1].id and {r.status for r in runs} == {'finished'}
 
 
 def test_early_stopping_finishes_the_run(dls, tmp_path):
@@ -160,7 +159,7 @@ def test_early_stopping_finishes_the_run(dls, tmp_path):
     with learn.no_bar(), learn.no_logging(): learn.fit(5)
     store = open_store(tmp_path / 'es.db')
     run = store.runs()[0]
-    assert run['status'] == 'finished' and len(store.epochs(run['id'])) == 2
+    assert run.status == 'finished' and len(store.epochs(run.id)) == 2
 
 
 class Boom(Callback):
@@ -176,9 +175,9 @@ def test_an_exception_ends_the_run_as_failed(dls, tmp_path):
     learn.remove_cb(Boom)
     with learn.no_bar(), learn.no_logging(): learn.fit(1)
     runs = open_store(tmp_path / 'boom.db').runs()
-    assert [r['status'] for r in runs] == ['finished', 'failed']
+    assert [r.status for r in runs] == ['finished', 'failed']
     # Boom (order 0) raises before WatchCallback records the batch it fails in.
-    assert open_store(tmp_path / 'boom.db').batches(runs[1]['id'])['step'] == [0, 1, 2]
+    assert open_store(tmp_path / 'boom.db').batches(runs[1].id)['step'] == [0, 1, 2]
 
 
 def test_multi_label_and_regression_record_losses_without_confusion(digits_path, tmp_path):
@@ -195,9 +194,10 @@ def test_multi_label_and_regression_record_losses_without_confusion(digits_path,
         with learn.no_bar(), learn.no_logging(): learn.fit(1)
         store = open_store(tmp_path / 'other.db')
         run = store.runs()[0]
-        assert run['status'] == 'finished'
-        assert learn.recorder.metric_names[3] in store.epochs(run['id'])[0]['metrics']
-        assert store.counts(run['id']) == {'batches': len(dls.train), 'epochs': 1, 'confusion': 0, 'top_losses': 0}
+        assert run.status == 'finished'
+        assert learn.recorder.metric_names[3] in store.epochs(run.id)[0].metrics
+        assert store.counts(run.id) == {
+            'batches': len(dls.train), 'epochs': 1, 'confusion': 0, 'top_losses': 0, 'alerts': 0}
 
 
 def test_export_keeps_working(trained, tmp_path):
@@ -227,12 +227,12 @@ def test_plain_tensor_data_without_vocab_records_confusion_and_text_items(tmp_pa
         learn.fit(1)
     store = open_store(tmp_path / 't.db')
     run = store.runs()[0]
-    assert run['status'] == 'finished' and run['vocab'] is None
-    confusion = store.confusion(run['id'])
-    assert confusion['vocab'] == [str(i) for i in range(10)] and confusion['matrix'].sum() == len(items) - 1400
-    top = store.top_losses(run['id'])
-    assert len(top) == 16 and all(t['image'] is None and t['text'].startswith('tensor(') for t in top)
-    assert {t['actual'] for t in top} <= set(confusion['vocab'])
+    assert run.status == 'finished' and run.vocab is None
+    confusion = store.confusion(run.id)
+    assert confusion.vocab == [str(i) for i in range(10)] and confusion.matrix.sum() == len(items) - 1400
+    top = store.top_losses(run.id)
+    assert len(top) == 16 and all(t.image is None and t.text.startswith('tensor(') for t in top)
+    assert {t.actual for t in top} <= set(confusion.vocab)
 
 
 class GroupLRs(Callback):
@@ -247,7 +247,7 @@ def test_every_parameter_groups_lr_is_recorded(dls, tmp_path):
     groups = GroupLRs()
     learn = train(dls, tmp_path / 'lrs.db', epochs=1, extra_cbs=[groups])  # fine_tune: slice(base_lr / 100, base_lr)
     store = open_store(tmp_path / 'lrs.db')
-    batches = store.batches(store.runs()[0]['id'])
+    batches = store.batches(store.runs()[0].id)
     assert len(learn.opt.hypers) == 2 and len(batches['lrs']) == len(groups.lrs) == 2 * len(dls.train)
     np.testing.assert_allclose(batches['lrs'], groups.lrs, rtol=1e-12)
     np.testing.assert_allclose(batches['lr'], [lrs[-1] for lrs in groups.lrs], rtol=1e-12)
@@ -269,7 +269,7 @@ def test_the_store_password_never_appears_in_output(dls, postgres_url, capsys):
     learn = digits_learner(dls, cbs=WatchCallback(store=postgres_url))  # its password is `fastwatch`
     printed = fit_printing(learn, capsys)
     assert 'fastwatch: recording run' in printed and ':***@127.0.0.1' in printed and ':fastwatch@' not in printed
-    assert open_store(postgres_url).runs()[0]['status'] == 'finished'
+    assert open_store(postgres_url).runs()[0].status == 'finished'
     for secret, url in [('s3cret-pw', 'postgresql://fastwatch:s3cret-pw@127.0.0.1:1/nowhere'),  # unreachable
                         ('wrong-s3cret', postgres_url.replace(':fastwatch@', ':wrong-s3cret@'))]:  # refused
         learn = digits_learner(dls, cbs=WatchCallback(store=url))

@@ -29,8 +29,8 @@ def test_show_prints_epochs_final_metrics_and_counts(trained):
     assert out.returncode == 0, out.stderr
     last = store.epochs(run_id)[-1]
     assert 'state: finished' in out.stdout
-    assert f"final: train_loss {last['train_loss']:.6g}, valid_loss {last['valid_loss']:.6g}, " \
-           f"error_rate {last['metrics']['error_rate']:.6g}" in out.stdout
+    assert f"final: train_loss {last.train_loss:.6g}, valid_loss {last.valid_loss:.6g}, " \
+           f"error_rate {last.metrics['error_rate']:.6g}" in out.stdout
     counts = store.counts(run_id)
     assert f"recorded: {counts['batches']} batches, 3 epochs, 3 confusion, 48 top_losses" in out.stdout
     shown = json.loads(fastwatch('show', run_id, '--store', str(trained['path']), '--json').stdout)
@@ -70,12 +70,10 @@ def test_unknown_command_and_help():
 def test_names_with_terminal_escapes_are_printed_escaped(tmp_path, capsys):
     "A run name (or error) with escape sequences cannot drive the user's terminal through `ls` or `show`."
     from fastwatch.cli import run_command
-    from fastwatch.store import open_store
+    from fastwatch.store import RunRecord, open_store
     path = tmp_path / 'escapes.db'
     name = 'evil\x1b]0;pwned\x07\x1b[2J name'
-    run = {'id': 'r1', 'name': name, 'status': 'failed', 'error': 'boom\x1b[31m', 'created_at': 1.0, 'updated_at': 2.0,
-           'heartbeat': 2.0, 'info': '{}', 'config': '{}', 'vocab': None, 'lost_rows': 0}
-    open_store(path).write({'runs': [run]})
+    open_store(path).write({'runs': [RunRecord('r1', name, 'failed', 1.0, 2.0, 2.0, error='boom\x1b[31m')]})
     for command in (['ls'], ['show', 'r1']):
         assert run_command(command[0], [*command[1:], '--store', str(path)]) == 0
         out = capsys.readouterr().out

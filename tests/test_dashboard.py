@@ -2,25 +2,23 @@
 from __future__ import annotations
 
 import asyncio
-import filecmp
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import nbformat
 import numpy as np
 import pytest
-from conftest import train
+from helpers import train
 from nbclient import NotebookClient
 
 from fastwatch import RunNotFound, StoreError, open_store
 from fastwatch.demo.digits import digits_dls, digits_folder
-from fastwatch.share.links import binder_url, binder_url_from_env, local_url
-from fastwatch.store.confusion import cells_of
-from fastwatch.view.charts import most_confused
+from fastwatch.links import binder_url
 from fastwatch.view.dashboard import Dashboard, dashboard
-from fastwatch.view.live import RunFeed, fit_spans, follow
-from fastwatch.view.page import QueryError, open_view_store, parse_query
+from fastwatch.view.feed import RunFeed, fit_spans
+from fastwatch.view.page import open_view_store
 
 ROOT = Path(__file__).parents[1]
 HOSTILE = '<img src=x onerror=alert(1)>'
@@ -50,28 +48,29 @@ def hostile(tmp_path_factory):
 
 def test_dashboard_shows_the_trained_run(view, trained):
     store, run_id = trained['store'], trained['run_id']
-    assert view.run_id == run_id and view.picker.value == run_id
-    assert 'digits' in view.header.value and 'finished' in view.header.value and run_id in view.header.value
+    header, charts, panel = view.header.widget.value, view.chart_grid.charts, view.epoch_panel
+    assert view.run_id == run_id and view.run_list.picker.value == run_id
+    assert 'digits' in header and 'finished' in header and run_id in header
     n_batches, epochs = store.counts(run_id)['batches'], store.epochs(run_id)
-    assert view.charts['loss'].points(run_id, 'loss') == n_batches
-    assert view.charts['loss'].points(run_id, 'valid_loss') == len(epochs)
-    assert set(view.charts) >= {f'metric:{name}' for name in epochs[-1]['metrics']}
-    assert view.epoch.max == epochs[-1]['epoch'] == view.epoch.value
-    matrix = store.confusion(run_id)['matrix']
-    assert sum(view.confusion.source.data['count']) == matrix.sum() == store.run(run_id)['info']['n_valid']
-    assert view.gallery.value.count('<img') == len(store.top_losses(run_id))
-    assert f'run={run_id}' in view.share.value
+    assert charts['loss'].points(run_id, 'loss') == n_batches
+    assert charts['loss'].points(run_id, 'valid_loss') == len(epochs)
+    assert set(charts) >= {f'metric:{name}' for name in epochs[-1].metrics}
+    assert panel.epoch.max == epochs[-1].epoch == panel.epoch.value
+    matrix = store.confusion(run_id).matrix
+    assert sum(panel.confusion.source.data['count']) == matrix.sum() == store.run(run_id).info.n_valid
+    assert panel.gallery.value.count('<img') == len(store.top_losses(run_id))
+    assert f'run={run_id}' in view.share.widget.value
 
 
 def test_epoch_slider_and_toggle_step_through_the_confusion_matrices(view, trained):
-    store, run_id = trained['store'], trained['run_id']
-    view.epoch.value = view.epoch.min
-    first = store.confusion(run_id, view.epoch.min)['matrix']
-    assert view.confusion.source.data['count'] == first.ravel().tolist()
-    view.normalised.value = True
-    shares = np.array(view.confusion.source.data['share']).reshape(first.shape)
+    store, run_id, panel = trained['store'], trained['run_id'], view.epoch_panel
+    panel.epoch.value = panel.epoch.min
+    first = store.confusion(run_id, panel.epoch.min).matrix
+    assert panel.confusion.source.data['count'] == first.ravel().tolist()
+    panel.normalised.value = True
+    shares = np.array(panel.confusion.source.data['share']).reshape(first.shape)
     assert np.allclose(shares.sum(axis=1)[first.sum(axis=1) > 0], 1)
-    assert view.gallery.value.count('<img') == len(store.top_losses(run_id, view.epoch.min))
+    assert panel.gallery.value.count('<img') == len(store.top_losses(run_id, panel.epoch.min))
 
 
 def test_overlay_draws_several_runs_on_the_same_charts(trained, dls, tmp_path):
@@ -79,13 +78,13 @@ def test_overlay_draws_several_runs_on_the_same_charts(trained, dls, tmp_path):
     train(dls, path, epochs=1, name='first')
     train(dls, path, epochs=1, name='second')
     view = Dashboard(open_store(path, readonly=True))
-    newest, older = [run['id'] for run in view.store.runs()]
+    newest, older = [run.id for run in view.store.runs()]
     assert view.run_id == newest
-    view.overlay.value = (older,)
-    assert {run for run, _ in view.charts['loss'].sources} == {newest, older}
-    assert view.charts['loss'].points(older, 'smooth_loss') == view.store.counts(older)['batches']
-    view.picker.value = older
-    assert view.overlay.value == () and list(view.feeds) == [older]
+    view.run_list.overlay.value = (older,)
+    assert {run for run, _ in view.chart_grid.charts['loss'].sources} == {newest, older}
+    assert view.chart_grid.charts['loss'].points(older, 'smooth_loss') == view.store.counts(older)['batches']
+    view.run_list.picker.value = older
+    assert view.run_list.overlay.value == () and list(view.feeds) == [older]
 
 
 def test_fit_spans_follow_fine_tunes_frozen_then_unfrozen_fits(trained):
@@ -115,45 +114,113 @@ def test_feed_and_dashboard_stream_a_live_training(dls, tmp_path):
         try: store = open_store(path, readonly=True)
         except StoreError: pass
     view = Dashboard(store)
-    run_id, cursors, grew = view.run_id, [], 0
+    run_id, cursors, grew, loss = view.run_id, [], 0, view.chart_grid.charts['loss']
     while trainer.is_alive() or view.refresh():
-        before = view.charts['loss'].points(run_id, 'loss')
+        before = loss.points(run_id, 'loss')
         view.refresh()
-        grew += view.charts['loss'].points(run_id, 'loss') > before
+        grew += loss.points(run_id, 'loss') > before
         cursors.append(view.feeds[run_id].cursor)
     trainer.join()
     view.refresh()
-    steps = view.charts['loss'].sources[run_id, 'loss'].data['x']
+    steps = loss.sources[run_id, 'loss'].data['x']
     assert steps == store.batches(run_id)['step']  # every row once, in order: only what is new is read
     assert grew > 1 and [c for c in cursors if c is not None] == sorted(c for c in cursors if c is not None)
-    assert view.feeds[run_id].run['state'] == 'finished' and 'finished' in view.header.value
-    assert view.epoch.value == store.epochs(run_id)[-1]['epoch']
+    assert view.feeds[run_id].run.state == 'finished' and 'finished' in view.header.widget.value
+    assert view.epoch_panel.epoch.value == store.epochs(run_id)[-1].epoch
 
 
-def test_follow_stops_when_nothing_is_left_and_after_its_lifetime():
-    reasons, calls = [], []
-    asyncio.run(follow(lambda: calls.append(1) or len(calls) < 3, interval=0, on_stop=reasons.append))
-    asyncio.run(follow(lambda: True, interval=0.01, lifetime=0.05, on_stop=reasons.append))
-    asyncio.run(follow(lambda: 1 / 0, on_stop=reasons.append))
-    assert len(calls) == 3 and reasons[:2] == ['ended', 'lifetime'] and reasons[2].startswith('error: ZeroDivision')
+async def until(condition, timeout: float = 120.0) -> None:
+    "Let the event loop run until `condition()` holds; fail after `timeout` s."
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f'not true after {timeout} s'
+        await asyncio.sleep(0.05)
 
 
-def test_the_live_loop_stops_itself_when_the_run_has_ended_and_nothing_is_new(view):
-    async def started() -> asyncio.Task:
+def labels(view) -> list[str]: return [label for label, _ in view.run_list.picker.options]
+
+
+def test_the_live_loop_keeps_watching_the_store_and_shows_runs_started_later(trained, dls, tmp_path):
+    "The page of a finished run shows a run started after it opened, live, then finished; the loop goes on."
+    path = tmp_path / 'later.db'
+    copy_store(trained['path'], path)
+    view = Dashboard(open_store(path, readonly=True))
+    view.policy.runs_every = 0.5
+    seen = set()
+
+    async def watch() -> None:
         view.start()
-        task = view.task
-        await asyncio.wait_for(task, 5)
-        return task
-    assert asyncio.run(started()).done() and view.task is None and view.note.value == ''
+        trainer = threading.Thread(target=train, args=(dls, path, 2), kwargs={'name': 'started later'})
+        trainer.start()
+        def later() -> str:
+            label = next((text for text in labels(view) if text.startswith('started later')), '')
+            seen.add(label.split(' · ')[1] if label else None)
+            return label
+        await until(lambda: 'finished' in later())
+        trainer.join()
+        assert not view.task.done()  # still watching the store
+    asyncio.run(watch())
+    assert 'live' in seen and view.run_id == trained['run_id']  # the shown run stays shown
+    assert len(view.run_list.overlay.options) == 2 and view.status.widget.value == ''
+
+
+def test_an_idle_page_costs_one_cheap_query_per_few_seconds(trained):
+    "Where nothing runs, the page reads only the run list's version, once every `runs_every` s."
+    from sqlalchemy import event
+    view = Dashboard(open_store(trained['path'], readonly=True))
+    view.policy.runs_every = 0.5
+    statements = []
+    event.listen(view.store.engine, 'before_cursor_execute', lambda *args: statements.append(args[2]))
+
+    async def idle() -> float:
+        started = time.monotonic()
+        view.start()
+        await until(lambda: len(statements) >= 4)
+        return time.monotonic() - started
+    seconds = asyncio.run(idle())
+    assert all('count(*)' in sql and 'max(runs.updated_at)' in sql for sql in statements), statements
+    assert len(statements) <= seconds / view.policy.runs_every + 1
+
+
+def test_a_store_that_hangs_is_a_message_and_the_page_keeps_answering(trained, tmp_path):
+    """A snapshot store (rollback journal) locked by another process makes every read wait: the page says the store
+    is not answering, its event loop keeps running, and it reads again once the lock is gone."""
+    path = tmp_path / 'locked.fastwatch'
+    copy_store(trained['path'], path)
+    with sqlite3.connect(path) as conn: conn.execute('PRAGMA journal_mode=DELETE')
+    view = Dashboard(open_store(path, readonly=True))
+    view.reads.timeout, view.policy.runs_every = 1.0, 0.2
+    locker = sqlite3.connect(path, isolation_level=None)
+    ticks = []
+
+    async def hang() -> None:
+        view.start()
+        locker.execute('BEGIN EXCLUSIVE')
+        async def heartbeat():
+            while True:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.05)
+        beating = asyncio.get_running_loop().create_task(heartbeat())
+        await until(lambda: 'has not answered' in view.status.widget.value, timeout=60)
+        answering = len(ticks)
+        await asyncio.sleep(0.5)
+        assert len(ticks) > answering  # the loop runs on while the store hangs: widgets still answer
+        locker.execute('ROLLBACK')
+        await until(lambda: view.status.widget.value == '', timeout=60)
+        beating.cancel()
+        assert not view.task.done()  # still following
+    asyncio.run(hang())
+    locker.close()
 
 
 def test_names_from_the_store_are_shown_escaped(hostile):
     view = Dashboard(hostile)
-    html = view.header.value + view.gallery.value + view.pairs.value
+    panel = view.epoch_panel
+    html = view.header.widget.value + panel.gallery.value + panel.pairs.value
     assert '<img src=x' not in html.replace("<img src='data:", '')
-    assert '&lt;img src=x onerror=alert(1)&gt;' in view.header.value
-    assert '&lt;b&gt;nine&lt;/b&gt;' in view.gallery.value + view.pairs.value or 'nine' not in html
-    assert HOSTILE + '0' in view.confusion.names  # axis labels are canvas text, not HTML
+    assert '&lt;img src=x onerror=alert(1)&gt;' in view.header.widget.value
+    assert '&lt;b&gt;nine&lt;/b&gt;' in panel.gallery.value + panel.pairs.value or 'nine' not in html
+    assert HOSTILE + '0' in panel.confusion.names  # axis labels are canvas text, not HTML
 
 
 def test_page_problems_are_messages_listing_what_there_is(trained, monkeypatch, tmp_path):
@@ -181,37 +248,10 @@ def test_viewers_cannot_change_the_store(trained, monkeypatch):
         store.run('nope')
 
 
-def test_parse_query():
-    assert parse_query('run=abc&store=runs%2Fa.fastwatch&token=t') == {'run': 'abc', 'store': 'runs/a.fastwatch'}
-    assert parse_query('') == parse_query(None) == {}
-    with pytest.raises(QueryError): parse_query('run=')
-
-
-def test_share_links():
-    assert local_url('http://127.0.0.1:8866/', run='r1') == 'http://127.0.0.1:8866/?run=r1'
-    url = binder_url('me/proj', 'main', run='r1', store='runs/a.fastwatch')
-    assert url == ('https://mybinder.org/v2/gh/me/proj/main?urlpath='
-                   'voila%2Frender%2Fapps%2Fdashboard.ipynb%3Frun%3Dr1%26store%3Druns%252Fa.fastwatch')
-    env = {'BINDER_LAUNCH_HOST': 'https://mybinder.org/', 'BINDER_REQUEST': 'v2/gh/me/proj/main',
-           'BINDER_PERSISTENT_REQUEST': 'v2/gh/me/proj/0123abc'}
-    assert binder_url_from_env(env, run='r1').startswith('https://mybinder.org/v2/gh/me/proj/0123abc?urlpath=')
-    assert binder_url_from_env({}) is None
-
-
 def test_share_control_gives_the_binder_link_on_binder(trained):
     env = {'BINDER_LAUNCH_HOST': 'https://mybinder.org/', 'BINDER_REQUEST': 'v2/gh/me/proj/main'}
     view = Dashboard(open_store(trained['path'], readonly=True), environ=env)
-    assert view.share_url()[0] == binder_url('me/proj', 'main', run=trained['run_id'])
-
-
-def test_most_confused():
-    matrix = np.array([[5, 2, 0], [4, 5, 1], [0, 0, 9]])
-    assert most_confused(cells_of(matrix), ['a', 'b', 'c']) == [('b', 'a', 4), ('a', 'b', 2), ('b', 'c', 1)]
-
-
-def test_packaged_notebook_is_the_app():
-    assert filecmp.cmp(ROOT / 'apps' / 'dashboard.ipynb', ROOT / 'fastwatch' / 'view' / 'app' / 'dashboard.ipynb',
-                       shallow=False)
+    assert view.share.url == binder_url('me/proj', 'main', run=trained['run_id'])
 
 
 def test_notebook_runs_headless_without_torch_or_fastai(trained, monkeypatch, tmp_path):

@@ -73,30 +73,30 @@ def ddp_run(digits_path, tmp_path_factory):
 def test_one_run_recorded_by_rank_0(ddp_run):
     store = ddp_run['store']
     [run] = store.runs()
-    assert run['status'] == 'finished' and run['name'] == 'ddp'
+    assert run.status == 'finished' and run.name == 'ddp'
     assert ddp_run['output'].count('fastwatch: recording run') == 1
-    assert [e['epoch'] for e in store.epochs(run['id'])] == [0, 1]
+    assert [e.epoch for e in store.epochs(run.id)] == [0, 1]
     # Each rank trains on half of each batch's items: rank 0 records its own steps.
-    assert store.counts(run['id'])['batches'] == 2 * -(-ddp_run['reference']['n_batches'] // 2)
+    assert store.counts(run.id)['batches'] == 2 * -(-ddp_run['reference']['n_batches'] // 2)
 
 
 def test_confusion_covers_the_whole_validation_set_without_padding(ddp_run):
     store, reference = ddp_run['store'], ddp_run['reference']
-    run_id = store.runs()[0]['id']
+    run_id = store.runs()[0].id
     assert reference['n_valid'] % 2 == 1  # so DistributedDL pads one item onto rank 1
     confusion = store.confusion(run_id)
-    assert confusion['matrix'].sum() == reference['n_valid']
-    np.testing.assert_array_equal(confusion['matrix'], reference['matrix'])
+    assert confusion.matrix.sum() == reference['n_valid']
+    np.testing.assert_array_equal(confusion.matrix, reference['matrix'])
 
 
 def test_top_losses_are_the_whole_sets_mapped_back_to_its_items(ddp_run):
     store, reference = ddp_run['store'], ddp_run['reference']
-    top = store.top_losses(store.runs()[0]['id'])
-    assert [t['item_index'] for t in top] == reference['idxs']
-    assert [t['item'] for t in top] == reference['items']
-    np.testing.assert_allclose([t['loss'] for t in top], reference['losses'], rtol=1e-4)
-    assert len({t['item_index'] for t in top}) == len(top)  # padding repeats items: none twice
+    top = store.top_losses(store.runs()[0].id)
+    assert [t.item_index for t in top] == reference['idxs']
+    assert [t.item for t in top] == reference['items']
+    np.testing.assert_allclose([t.loss for t in top], reference['losses'], rtol=1e-4)
+    assert len({t.item_index for t in top}) == len(top)  # padding repeats items: none twice
     for t, pixels in zip(top, reference['pixels']):  # each thumbnail is its item's image, from whichever rank saw it
         pixels = np.array(pixels, dtype=np.uint8)
-        thumbnail = Image.open(io.BytesIO(t['image'])).convert('RGB').resize(pixels.shape[1::-1], Image.NEAREST)
+        thumbnail = Image.open(io.BytesIO(t.image)).convert('RGB').resize(pixels.shape[1::-1], Image.NEAREST)
         np.testing.assert_array_equal(np.asarray(thumbnail), pixels)

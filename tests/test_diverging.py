@@ -16,7 +16,8 @@ from fastai.interpret import ClassificationInterpretation
 
 from fastwatch import WatchCallback, open_store
 from fastwatch.demo.digits import digits_learner
-from fastwatch.view.dashboard import gallery_html
+from fastwatch.store.tables import EpochRow
+from fastwatch.view.panels.epoch_panel import gallery_html
 
 FASTWATCH = str(Path(sys.executable).parent / 'fastwatch')
 
@@ -54,21 +55,21 @@ def test_a_diverging_fit_is_recorded_to_its_last_batch(dls, store_location):
     assert warned == []
     store = open_store(store_location)
     [run] = store.runs()
-    assert (run['status'], run['error'], run['lost_rows']) == ('finished', None, 0)
-    batches = store.batches(run['id'])
+    assert (run.status, run.error, run.lost_rows) == ('finished', None, 0)
+    batches = store.batches(run.id)
     assert batches['step'] == list(range(2 * len(dls.train)))
     assert sum(map(not_finite, batches['loss'])) > len(dls.train)  # it did diverge
-    epochs = store.epochs(run['id'])
-    assert [e['epoch'] for e in epochs] == [0, 1]
-    assert all(math.isnan(e['train_loss']) and math.isnan(e['valid_loss']) for e in epochs)
-    np.testing.assert_allclose([e['metrics']['error_rate'] for e in epochs],
+    epochs = store.epochs(run.id)
+    assert [e.epoch for e in epochs] == [0, 1]
+    assert all(math.isnan(e.train_loss) and math.isnan(e.valid_loss) for e in epochs)
+    np.testing.assert_allclose([e.metrics['error_rate'] for e in epochs],
                                [float(v[2]) for v in learn.recorder.values])
     # Confusion and top losses of a NaN model are still fastai's: ClassificationInterpretation agrees.
     interp = ClassificationInterpretation.from_learner(learn)
-    np.testing.assert_array_equal(store.confusion(run['id'])['matrix'], interp.confusion_matrix())
-    top = store.top_losses(run['id'])
-    assert len(top) == 16 and all(not_finite(t['loss']) for t in top)  # NULL where the column cannot hold NaN
-    assert [t['item_index'] for t in top] == interp.top_losses(16)[1].tolist()
+    np.testing.assert_array_equal(store.confusion(run.id).matrix, interp.confusion_matrix())
+    top = store.top_losses(run.id)
+    assert len(top) == 16 and all(not_finite(t.loss) for t in top)  # NULL where the column cannot hold NaN
+    assert [t.item_index for t in top] == interp.top_losses(16)[1].tolist()
 
 
 class AddRows(Callback):
@@ -77,9 +78,8 @@ class AddRows(Callback):
 
     def after_epoch(self):
         watch = self.learn.watch
-        row = {'run_id': watch.run_id, 'epoch': 0, 'fit': 0, 'frozen': False, 'step': 0, 'train_loss': 1.0,
-               'valid_loss': 1.0, 'metrics': '{}', 'duration': 1.0, 'time': 1.0}
-        bad = row if self.epoch == 0 else {**row, 'epoch': 99, 'metrics': None}
+        row = EpochRow(watch.run_id, 0, 0, False, 0, 1.0, 1.0, {}, 1.0, 1.0)
+        bad = row if self.epoch == 0 else row._replace(epoch=99, metrics=None)
         watch.writer.add_rows('epochs', [bad])
 
 
@@ -91,18 +91,18 @@ def test_a_refused_row_is_dropped_counted_and_named_once(dls, store_location):
     assert ('UNIQUE constraint failed' in warned[0]) or ('duplicate key' in warned[0])
     store = open_store(store_location)
     [run] = store.runs()
-    assert (run['status'], run['lost_rows']) == ('finished', 2)
+    assert (run.status, run.lost_rows) == ('finished', 2)
     # The other rows went on: every batch and the two real epochs, with fastai's values.
-    assert store.batches(run['id'])['step'] == list(range(2 * len(dls.train)))
-    epochs = store.epochs(run['id'])
-    assert [e['epoch'] for e in epochs] == [0, 1]
-    np.testing.assert_allclose([[e['train_loss'], e['valid_loss']] for e in epochs],
+    assert store.batches(run.id)['step'] == list(range(2 * len(dls.train)))
+    epochs = store.epochs(run.id)
+    assert [e.epoch for e in epochs] == [0, 1]
+    np.testing.assert_allclose([[e.train_loss, e.valid_loss] for e in epochs],
                                [[float(v[0]), float(v[1])] for v in learn.recorder.values], rtol=1e-6)
-    assert store.counts(run['id'])['top_losses'] == 32
+    assert store.counts(run.id)['top_losses'] == 32
 
 
 def test_cli_and_dashboard_show_nan_as_nan(diverged):
-    run_id, path = diverged['run']['id'], str(diverged['path'])
+    run_id, path = diverged['run'].id, str(diverged['path'])
     out = subprocess.run([FASTWATCH, 'show', run_id, '--store', path], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert 'final: train_loss nan, valid_loss nan, error_rate' in out.stdout

@@ -9,8 +9,8 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import add_empty_run
 from PIL import Image
-from test_snapshot import add_empty_run
 
 from fastwatch.cli import run_command
 
@@ -45,17 +45,17 @@ def test_tensorboard_epoch_metrics_by_epoch(trained, events):
     assert len(epochs) == 3  # fine_tune(2): the frozen epoch and both unfrozen ones, on one axis
     for name in ('train_loss', 'valid_loss', 'error_rate'):
         scalars = events.Scalars(f'epoch/{name}')
-        assert [s.step for s in scalars] == [e['epoch'] for e in epochs]
-        expected = [e[name] if name in e else e['metrics'][name] for e in epochs]
+        assert [s.step for s in scalars] == [e.epoch for e in epochs]
+        expected = [getattr(e, name) if name in e._fields else e.metrics[name] for e in epochs]
         np.testing.assert_allclose([s.value for s in scalars], expected, rtol=1e-6)
 
 
 def test_tensorboard_confusion_matrix_image_by_epoch(trained, events):
     store, run_id = trained['store'], trained['run_id']
     images = events.Images('confusion_matrix')
-    assert [i.step for i in images] == [e['epoch'] for e in store.epochs(run_id) if store.confusion(run_id, e['epoch'])]
+    assert [i.step for i in images] == [e.epoch for e in store.epochs(run_id) if store.confusion(run_id, e.epoch)]
     png = Image.open(io.BytesIO(images[-1].encoded_image_string))
-    n = len(store.confusion(run_id)['vocab'])
+    n = len(store.confusion(run_id).vocab)
     assert png.size == (images[-1].width, images[-1].height) and png.width > n * 20
 
 
@@ -65,7 +65,7 @@ def test_csv_has_fastais_columns_and_every_epoch(trained, tmp_path):
     header, *rows = list(csv.reader(out.open()))
     assert header == trained['recorder']['metric_names']  # what CSVLogger writes: epoch ... time
     epochs = trained['store'].epochs(trained['run_id'])
-    assert [int(r[0]) for r in rows] == [e['epoch'] for e in epochs]
+    assert [int(r[0]) for r in rows] == [e.epoch for e in epochs]
     # fastai's Recorder keeps the last fit: the last rows match its values
     recorded = np.array(trained['recorder']['values'])
     np.testing.assert_allclose(np.array([[float(v) for v in r[1:-1]] for r in rows])[-len(recorded):], recorded,

@@ -2,13 +2,12 @@
 another process, PostgreSQL stopped) and comes back mid-run or only as the process exits, the dashboard's server or
 a viewer's kernel crashing. Training must not notice, and no row committed before a fault may be lost.
 
-Each test runs a small seeded training of the digits CNN in a child process (`TRAIN`) that prints every batch it
-trained and pauses at chosen batches while the test breaks or mends the store. Breaking a store needs root here
+Each test runs a small seeded training of the digits CNN in a child process (`child_training.py`) that prints every
+batch it trained and pauses at chosen batches while the test breaks or mends the store. Breaking a store needs root here
 (`chattr +i`, a tmpfs mount, PostgreSQL run as its own user): as root, a plain chmod stops no write.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -23,122 +22,29 @@ from pathlib import Path
 import pytest
 import torch
 from browser import CHROMIUM, free_port, kernels, launch, open_dashboard, page_kernel, served
-from conftest import wait_for
-from sqlalchemy import func, select
+from child_training import BATCHES, EPOCHS, TOP_K, Training, newest_lost
+from helpers import wait_for
 
 from fastwatch import open_store
 from fastwatch.cli import run_command
-from fastwatch.demo.digits import digits_folder
-from fastwatch.store import schema, store
-from fastwatch.store.schema import batch_blocks
+from fastwatch.record.writer import FLUSH_EVERY
+from fastwatch.store import HEARTBEAT_SECONDS, RunRecord, records
+from fastwatch.store.blocks import BLOCK_LEVELS, block_span
 from fastwatch.view.dashboard import Dashboard
 
-ROOT = Path(__file__).parent.parent
 PG_BIN = Path('/usr/lib/postgresql/15/bin')
-EPOCHS, BATCHES, TOP_K = 4, 11, 8  # BATCHES: training batches an epoch (see `digits`)
 # Batches where outages start and end: one from batch 6 to 20, one from 30 to the process's exit.
 # Each spans an epoch's end (its epoch, confusion and top-loss rows) and more batches than BOUNDS keeps.
 OUTAGES = [6, 20, 30]
-BOUNDS = (10, 4)  # Writer.max_buffered, max_buffered_items: both smaller than what the fault leaves buffered
-FLUSH_EVERY = 0.5  # the writer's flush interval: what kill -9 may lose
+BOUNDS = (10, 4)  # rows of each table, and top losses, the writer keeps: both smaller than what a fault leaves buffered
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason='breaking a store this way needs root (.ci/run is root)')
 
-TRAIN = """import json, sys, time
-import torch
-from fastai.callback.core import Callback
-from fastai.torch_core import set_seed
-from fastwatch import WatchCallback
-from fastwatch.demo.digits import digits_dls, digits_learner
-from fastwatch.record.writer import Writer
-
-digits, store, weights, spec = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-torch.set_num_threads(1)
-
-class TrainLog(Callback):
-    "After WatchCallback has the batch: print it, pause where asked (until a line on stdin), then take a moment."
-    order = 90
-    def before_fit(self): self.n = 0
-    def after_batch(self):
-        if not self.training: return
-        print(f'batch {self.n} {time.time()}', flush=True)
-        if self.n in spec['pause']:
-            print(f'pause {self.n}', flush=True)
-            sys.stdin.readline()
-        self.n += 1
-        time.sleep(spec['sleep'])
-    def after_epoch(self): print(f'epoch {self.epoch}', flush=True)
-
-set_seed(0, reproducible=True)
-cbs = [TrainLog()]
-if store:
-    cbs.append(WatchCallback(store=store, name='faults', top_k=spec['top_k']))
-    writer = Writer.for_store(store)
-    writer.max_buffered, writer.max_buffered_items = spec['bounds']
-learn = digits_learner(digits_dls(digits, bs=16), cbs=cbs)
-with learn.no_bar(), learn.no_logging(): learn.fit(spec['epochs'], 1e-2)
-torch.save(learn.model.state_dict(), weights)
-print('done', flush=True)
-"""
-
-
-class Training:
-    "The child training process; `follow` reads its log and acts at its pauses and at its end."
-
-    def __init__(self, digits: Path, location, folder: Path, epochs: int = EPOCHS, pause=(), sleep: float = 0.05,
-                 bounds=(1_000_000, 10_000)):
-        self.weights, self.stderr_path = folder / 'weights.pt', folder / 'stderr.txt'
-        spec = {'epochs': epochs, 'pause': list(pause), 'sleep': sleep, 'bounds': list(bounds), 'top_k': TOP_K}
-        with open(self.stderr_path, 'w') as stderr:
-            self.proc = subprocess.Popen([sys.executable, '-c', TRAIN, str(digits), str(location or ''),
-                                          str(self.weights), json.dumps(spec)], cwd=ROOT, text=True,
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
-        self.batches: list[tuple[int, float]] = []  # (batch, when its line came)
-        self.epochs = 0
-
-    def follow(self, at_pause=None, at_done=None, until=None, returncode: int = 0) -> None:
-        "Read the log to its end (or until `until(self)`), calling `at_pause(batch)` and `at_done()`."
-        for line in self.proc.stdout:
-            kind, *rest = line.split()
-            if kind == 'batch': self.batches.append((int(rest[0]), float(rest[1])))
-            elif kind == 'epoch': self.epochs += 1
-            elif kind == 'pause':
-                if at_pause: at_pause(int(rest[0]))
-                self.proc.stdin.write('\n')
-                self.proc.stdin.flush()
-            elif kind == 'done' and at_done: at_done()
-            if until and until(self): return
-        assert self.proc.wait(timeout=120) == returncode, self.stderr()
-
-    def stderr(self) -> str: return self.stderr_path.read_text()
-
-
 @pytest.fixture(scope='module')
-def digits(tmp_path_factory) -> Path:
-    "240 digits: 50 to validate, 190 to train on in 11 batches of 16 an epoch (fastai drops the last, partial one)."
-    return digits_folder(tmp_path_factory.mktemp('digits'), per_class=24)
-
-
-@pytest.fixture(scope='module')
-def baseline(digits, tmp_path_factory) -> dict:
+def baseline(few_digits, tmp_path_factory) -> dict:
     "The final weights of the same seeded training without fastwatch."
-    training = Training(digits, None, tmp_path_factory.mktemp('baseline'))
+    training = Training(few_digits, None, tmp_path_factory.mktemp('baseline'))
     training.follow()
     return torch.load(training.weights)
-
-
-@pytest.fixture
-def start(digits, tmp_path):
-    "Start trainings on the digits (`Training`'s arguments but the first and third); they are killed if left running."
-    started = []
-
-    def start(location, **kwargs) -> Training:
-        started.append(Training(digits, location, tmp_path, **kwargs))
-        return started[-1]
-    yield start
-    for training in started:
-        if training.proc.poll() is None:
-            training.proc.kill()
-            training.proc.wait()
 
 
 def warnings(stderr: str) -> list[str]:
@@ -152,25 +58,21 @@ def same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def recorded(location) -> tuple[dict, dict[str, int]]:
-    "The store's only run and how many rows of each kind it has."
+def recorded(location) -> tuple[RunRecord, dict[str, int], list[int]]:
+    "The store's only run, how many rows of each kind it has (block summaries too), and its batches' steps."
     db = open_store(location, readonly=True)
     try:
         [run] = db.runs()
-        counts = db.counts(run['id'])
-        with db.engine.connect() as conn:
-            counts['batch_blocks'] = conn.execute(
-                select(func.count()).select_from(batch_blocks).where(batch_blocks.c.run_id == run['id'])).scalar()
-        run['steps'] = db.batches(run['id'])['step']
-        return run, counts
+        counts = db.counts(run.id)
+        counts['batch_blocks'] = len(db.rows('batch_blocks', run.id))
+        return run, counts, db.batches(run.id)['step']
     finally: db.close()
 
 
 def expected_rows(batches: int, epochs: int) -> dict[str, int]:
     "The rows a run of `batches` training batches and `epochs` validated epochs makes, by table."
-    blocks = sum(math.ceil(batches / (schema.BLOCK_STEPS * schema.BLOCK_FANOUT ** level))
-                 for level in range(schema.BLOCK_LEVELS))
-    return {'batches': batches, 'epochs': epochs, 'confusion': epochs, 'top_losses': epochs * TOP_K,
+    blocks = sum(math.ceil(batches / block_span(level)) for level in range(BLOCK_LEVELS))
+    return {'batches': batches, 'epochs': epochs, 'confusion': epochs, 'top_losses': epochs * TOP_K, 'alerts': 0,
             'batch_blocks': blocks}
 
 
@@ -274,13 +176,13 @@ FAULTS = {'read-only': Immutable, 'disk full': DiskFull, 'locked': Locked, 'post
 
 @root_only
 @pytest.mark.parametrize('kind', list(FAULTS))
-def test_training_survives_a_store_that_stops_writing(start, baseline, tmp_path, capsys, kind):
+def test_training_survives_a_store_that_stops_writing(start_training, baseline, tmp_path, capsys, kind):
     """Two outages: one the store comes back from mid-run, and one it comes back from only as the process exits
     (its writer then waits up to 10 s). Each outage is one warning, and one more when the store is back."""
     fault = FAULTS[kind](tmp_path)
     try:
         open_store(fault.location).close()  # the store exists before the fault, as it would a run later
-        training = start(fault.location, pause=OUTAGES, sleep=0.1, bounds=BOUNDS)
+        training = start_training(fault.location, pause=OUTAGES, sleep=0.1, bounds=BOUNDS)
         committed, unfinished = [], []
 
         def at_pause(batch: int):
@@ -296,11 +198,11 @@ def test_training_survives_a_store_that_stops_writing(start, baseline, tmp_path,
 
         def at_done():  # the child now exits; its writer waits for the store
             if kind != 'postgresql stopped':  # a stopped server cannot be read either
-                unfinished.append(recorded(fault.location)[0]['status'])
+                unfinished.append(recorded(fault.location)[0].status)
             time.sleep(1)
             fault.stop()
         training.follow(at_pause, at_done)
-        run, counts = recorded(fault.location)
+        run, counts, steps = recorded(fault.location)
     finally: fault.close()
     stderr = training.stderr()
     assert 'Traceback' not in stderr, stderr
@@ -308,25 +210,25 @@ def test_training_survives_a_store_that_stops_writing(start, baseline, tmp_path,
     assert same_weights(torch.load(training.weights), baseline)
     assert unfinished in ([], ['running'])  # the last rows came only at exit
     expected = expected_rows(len(training.batches), training.epochs)
-    assert (run['status'], training.epochs) == ('finished', EPOCHS)
+    assert (run.status, training.epochs) == ('finished', EPOCHS)
     # Every row made is written or counted lost; the bounds dropped batches and top losses, and nothing else.
-    assert sum(counts.values()) + run['lost_rows'] == sum(expected.values())
+    assert sum(counts.values()) + run.lost_rows == sum(expected.values())
     assert counts['batches'] < expected['batches'] and counts['top_losses'] < expected['top_losses']
     assert {k: counts[k] for k in ('epochs', 'confusion', 'batch_blocks')} == {
         k: expected[k] for k in ('epochs', 'confusion', 'batch_blocks')}
-    for before, before_counts in committed:  # what was committed before each outage is there
-        assert set(before['steps']) <= set(run['steps']) and all(counts[k] >= n for k, n in before_counts.items())
-    steps, trained = run['steps'], [batch for batch, _ in training.batches]
+    for _, before_counts, before_steps in committed:  # what was committed before each outage is there
+        assert set(before_steps) <= set(steps) and all(counts[k] >= n for k, n in before_counts.items())
+    trained = [batch for batch, _ in training.batches]
     assert set(steps) <= set(trained) and steps[-BOUNDS[0]:] == trained[-BOUNDS[0]:]  # the newest are kept
-    assert f"{run['lost_rows']} rows were lost" in stderr
+    assert f'{run.lost_rows} rows were lost' in stderr
     with capsys.disabled():
-        print(f"\n{kind}: {run['lost_rows']} of {sum(expected.values())} rows dropped by the buffer's bounds, "
+        print(f"\n{kind}: {run.lost_rows} of {sum(expected.values())} rows dropped by the buffer's bounds, "
               'none of those committed before an outage')
 
 
-def test_kill_9_mid_epoch_keeps_every_committed_row(start, tmp_path, monkeypatch, capsys):
+def test_kill_9_mid_epoch_keeps_every_committed_row(start_training, tmp_path, monkeypatch, capsys):
     location = tmp_path / 'run.db'
-    training = start(location, epochs=20)
+    training = start_training(location, epochs=20)
     kill_at = 2 * BATCHES + 6  # the seventh batch of the third epoch
     training.follow(until=lambda t: len(t.batches) > kill_at)
     before = recorded(location)[1]  # committed: what another connection sees now
@@ -334,23 +236,21 @@ def test_kill_9_mid_epoch_keeps_every_committed_row(start, tmp_path, monkeypatch
     killed = time.time()
     training.follow(returncode=-signal.SIGKILL)  # the lines it printed before it died
     with sqlite3.connect(location) as conn: assert conn.execute('PRAGMA integrity_check').fetchall() == [('ok',)]
-    run, after = recorded(location)
+    run, after, steps = recorded(location)
     assert all(after[table] >= before[table] for table in before)  # nothing committed was lost
-    steps, trained = run['steps'], dict(training.batches)
     assert steps == list(range(len(steps))) and after['epochs'] == training.epochs == 2
-    missing = [trained[step] for step in trained if step >= len(steps)]  # trained, but not in the store
-    newest = killed - min(missing, default=killed)
-    with capsys.disabled(): print(f'\nkill -9: the {len(missing)} newest batch rows lost, trained in the last '
+    missing, newest = newest_lost(steps, training, killed)
+    with capsys.disabled(): print(f'\nkill -9: the {missing} newest batch rows lost, trained in the last '
                                   f'{newest:.2f} s')
     assert newest <= FLUSH_EVERY + 0.25  # the writer's interval, and a little for the write itself
     # The run reads as interrupted once its heartbeat is stale (here after 4 s, not 20 s).
-    monkeypatch.setattr(store, 'STALE_AFTER', 2 * store.HEARTBEAT_SECONDS)
-    wait_for(lambda: recorded(location)[0]['state'] == 'interrupted', timeout=10)
+    monkeypatch.setattr(records, 'STALE_AFTER', 2 * HEARTBEAT_SECONDS)
+    wait_for(lambda: recorded(location)[0].state == 'interrupted', timeout=10)
     capsys.readouterr()
     assert run_command('ls', ['--store', str(location)]) == 0
-    assert capsys.readouterr().out.splitlines()[1].split()[:2] == [run['id'], 'interrupted']
-    header = Dashboard(open_store(location, readonly=True)).header.value
-    assert run['id'] in header and "fw-state fw-interrupted'>interrupted<" in header
+    assert capsys.readouterr().out.splitlines()[1].split()[:2] == [run.id, 'interrupted']
+    header = Dashboard(open_store(location, readonly=True)).header.widget.value
+    assert run.id in header and "fw-state fw-interrupted'>interrupted<" in header
 
 
 def pids(*needles: bytes) -> list[int]:
@@ -365,13 +265,13 @@ def pids(*needles: bytes) -> list[int]:
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f'no chromium at {CHROMIUM} (.ci/run installs it)')
-def test_the_dashboard_crashing_leaves_training_alone(start, baseline, tmp_path):
+def test_the_dashboard_crashing_leaves_training_alone(start_training, baseline, tmp_path):
     playwright = pytest.importorskip('playwright.sync_api').sync_playwright().start()
     browser = launch(playwright)
     location = tmp_path / 'run.db'
     # It waits before its last two batches if the crashes have not happened by then; its log waits in the pipe.
     open_store(location).close()
-    training = start(location, pause=[EPOCHS * BATCHES - 2], sleep=0.2)
+    training = start_training(location, pause=[EPOCHS * BATCHES - 2], sleep=0.2)
     orphans = []
     try:
         wait_for(lambda: open_store(location, readonly=True).runs(), timeout=120)  # it has started
@@ -391,13 +291,13 @@ def test_the_dashboard_crashing_leaves_training_alone(start, baseline, tmp_path)
         assert training.batches[-1][1] > crashed + 0.2  # it trained on after the crashes
         assert same_weights(torch.load(training.weights), baseline)
         assert 'Traceback' not in training.stderr() and warnings(training.stderr()) == []
-        run, counts = recorded(location)
-        assert run['status'] == 'finished' and counts == expected_rows(len(training.batches), training.epochs)
+        run, counts, _ = recorded(location)
+        assert run.status == 'finished' and counts == expected_rows(len(training.batches), training.epochs)
         with served(location, tmp_path) as url:  # a new server shows the run
             page = browser.new_page()
             open_dashboard(page, url, timeout=60)
             header = page.inner_text('.fw-header')
-            assert run['id'] in header and 'finished' in header
+            assert run.id in header and 'finished' in header
     finally:
         browser.close()
         playwright.stop()

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from browser import CHROMIUM, launch, points, self_signed_certificate, served, with_query
-from conftest import wait_for
+from helpers import batch_row, start_synthetic_run, wait_for
 from storage_server import dav_server
 
 from fastwatch import open_store
-from fastwatch.errors import StoreError
+from fastwatch.errors import FetchError, StoreError
 from fastwatch.record.writer import Writer
-from fastwatch.share.publish import Publisher
-from fastwatch.view import remote
+from fastwatch.remote import protocol
+from fastwatch.remote.protocol import Publisher, follow
 from fastwatch.view.dashboard import Dashboard
-from fastwatch.view.remote import follow
 
 TRAIN = """import sys
 from fastwatch import WatchCallback
@@ -55,10 +53,8 @@ def publish_in_background(digits: Path, store: Path, target: Path, url: str, eve
 def synthetic_run(path: Path, run_id: str, steps: int) -> Writer:
     "A run of `steps` batch rows recorded through the writer, still running."
     writer = Writer(f'sqlite:///{path}')
-    now = time.time()
-    writer.start_run({'id': run_id, 'name': 'synthetic', 'status': 'running', 'error': None, 'created_at': now,
-                      'updated_at': now, 'heartbeat': now, 'info': '{}', 'config': '{}', 'lost_rows': 0, 'vocab': None})
-    for step in range(steps): writer.add_batch((run_id, step, 0, 0, False, 1.0, 1.0, 1e-3, 0.9, time.time(), None))
+    start_synthetic_run(writer, run_id, 'synthetic')
+    for step in range(steps): writer.add_batch(batch_row(run_id, step))
     assert writer.flush(timeout=30)
     return writer
 
@@ -73,7 +69,7 @@ def test_a_published_run_streams_into_the_dashboard_until_it_finishes(digits_pat
         playwright = pytest.importorskip('playwright.sync_api').sync_playwright().start()
         browser = launch(playwright)
         try:
-            run_id = wait_for(lambda: runs_in(tmp_path / 'train.db'))[0]['id']
+            run_id = wait_for(lambda: runs_in(tmp_path / 'train.db'))[0].id
             wait_for(lambda: (dav.folder / 'runs' / run_id / 'index.json').exists())
             page = browser.new_page()
             page.goto(with_query(url, store=f'{dav.url}runs/{run_id}/'))
@@ -104,8 +100,7 @@ def test_the_index_is_polled_with_conditional_gets_and_only_new_segments_are_fet
     assert not follower.sync()
     index_gets = [r for r in dav.app.requests if r[0] == 'GET' and r[1].endswith('index.json')]
     assert [r[3] for r in index_gets] == [200, 304]
-    for step in range(100, 150): writer.add_batch(('conditionalgets', step, 0, 0, False, 0.5, 0.5, 1e-3, 0.9,
-                                                   time.time(), None))
+    for step in range(100, 150): writer.add_batch(batch_row('conditionalgets', step, 0.5))
     assert writer.flush(timeout=30) and publisher.publish()
     before = len(dav.app.requests)
     follower._mirror = open_store(follower.path)
@@ -121,14 +116,13 @@ def test_a_publisher_that_stopped_is_stale_not_live(tmp_path, dav, monkeypatch):
                           url=dav.url + 'runs/')
     assert publisher.publish()
     mirror = follow(publisher.url, tmp_path / 'downloads')
-    assert mirror.run('stoppedpublisher')['state'] == 'live'  # though its heartbeat is older than a local run's
-    monkeypatch.setattr(remote, 'stale_after', lambda every: 0.5)  # instead of waiting 2 * every + 20 s
-    time.sleep(1)
-    run = mirror.run('stoppedpublisher')
-    assert run['state'] == 'stale' and run['published_age'] >= 1
+    assert mirror.run('stoppedpublisher').state == 'live'  # though its heartbeat is older than a local run's
+    monkeypatch.setattr(protocol, 'stale_after', lambda every: 0.5)  # instead of waiting 2 * every + 20 s
+    run = wait_for(lambda: (run := mirror.run('stoppedpublisher')).state == 'stale' and run)
+    assert run.published_age > 0.5
     page = Dashboard(mirror, 'stoppedpublisher', store_param=publisher.url)
-    assert 'fw-stale' in page.header.value and 'published data 00:0' in page.header.value
-    assert page.share_url()[0].startswith('https://mybinder.org/v2/gh/fastwatch/fastwatch/main?')
+    assert 'fw-stale' in page.header.widget.value and 'published data 00:0' in page.header.widget.value
+    assert page.share.url.startswith('https://mybinder.org/v2/gh/fastwatch/fastwatch/main?')
 
 
 def test_a_url_that_is_no_published_run_is_one_clear_error(tmp_path, dav):
@@ -136,6 +130,6 @@ def test_a_url_that_is_no_published_run_is_one_clear_error(tmp_path, dav):
     (dav.folder / 'other' / 'index.json').write_text('{"something": "else"}')
     with pytest.raises(StoreError, match='is not a published fastwatch run'):
         follow(f'{dav.url}other/', tmp_path)
-    with pytest.raises(StoreError, match='the server answered 404'):
+    with pytest.raises(FetchError, match='the server answered 404'):
         follow(f'{dav.url}missing/', tmp_path)
     assert not list(tmp_path.glob('followed-*'))  # no mirror is left behind

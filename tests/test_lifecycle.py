@@ -7,18 +7,18 @@ import re
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
-from conftest import wait_for
 from fastai.callback.core import Callback
 from fastai.interpret import ClassificationInterpretation
+from helpers import wait_for
 
 from fastwatch import WatchCallback, open_store
 from fastwatch.demo.digits import digits_learner
 from fastwatch.errors import StoreError
 from fastwatch.record.run import BETWEEN_FITS, ENDED, NOT_STARTED, RECORDING
+from fastwatch.store.records import STALE_AFTER
 
 
 class States(Callback):
@@ -26,9 +26,9 @@ class States(Callback):
     order = WatchCallback.order + 1
 
     def __init__(self): self.seen = []
-    def before_fit(self): self.seen.append(('before_fit', self.learn.watch.run.state))
-    def after_epoch(self): self.seen.append(('after_epoch', self.learn.watch.run.state))
-    def after_fit(self): self.seen.append(('after_fit', self.learn.watch.run.state))
+    def before_fit(self): self.seen.append(('before_fit', self.learn.watch.lifecycle.state))
+    def after_epoch(self): self.seen.append(('after_epoch', self.learn.watch.lifecycle.state))
+    def after_fit(self): self.seen.append(('after_fit', self.learn.watch.lifecycle.state))
 
 
 def quietly(learn, method: str, *args, **kwargs):
@@ -42,14 +42,14 @@ def test_fine_tune_goes_through_every_state_and_a_second_training_is_a_new_run(d
     assert states.seen == [('before_fit', NOT_STARTED), ('after_epoch', RECORDING), ('after_fit', BETWEEN_FITS),
                            ('before_fit', BETWEEN_FITS), ('after_epoch', RECORDING), ('after_fit', ENDED)]
     first = learn.watch.run_id
-    assert learn.watch.run.outcome == ('finished', None)
+    assert learn.watch.lifecycle.outcome == ('finished', None)
     states.seen.clear()
     quietly(learn, 'validate')  # an evaluation outside a fit starts nothing
     quietly(learn, 'fit', 1)
     assert states.seen == [('before_fit', ENDED), ('after_epoch', ENDED), ('after_fit', ENDED),
                            ('before_fit', ENDED), ('after_epoch', RECORDING), ('after_fit', ENDED)]
     runs = open_store(tmp_path / 'states.db').runs()
-    assert [r['status'] for r in runs] == ['finished', 'finished'] and runs[1]['id'] == first != learn.watch.run_id
+    assert [r.status for r in runs] == ['finished', 'finished'] and runs[1].id == first != learn.watch.run_id
 
 
 def test_an_exception_between_fine_tunes_fits_ends_the_run_failed_promptly(dls, tmp_path):
@@ -58,16 +58,16 @@ def test_an_exception_between_fine_tunes_fits_ends_the_run_failed_promptly(dls, 
     def unfreeze(): raise RuntimeError('between the fits')
     learn.unfreeze = unfreeze  # fine_tune calls it between its two fits
     with pytest.raises(RuntimeError, match='between the fits'): quietly(learn, 'fine_tune', 1)
-    assert learn.watch.run.state == BETWEEN_FITS  # no event told it: the writer thread's probe must notice
-    gone = time.monotonic()
+    assert learn.watch.lifecycle.state == BETWEEN_FITS  # no event told it: the writer thread's probe must notice
     store = open_store(tmp_path / 'between.db')
-    run = wait_for(lambda: next((r for r in store.runs() if r['status'] != 'running'), None))
-    assert time.monotonic() - gone < 5 and run['status'] == 'failed'
-    assert run['error'] == 'the fit stopped with an exception'  # caught by its caller: nothing names it
-    assert learn.watch.run.state == ENDED and len(store.epochs(run['id'])) == 1
+    # Promptly: within PROBE_GRACE and a writer tick, long before a heartbeat would go stale (STALE_AFTER).
+    run = wait_for(lambda: next((r for r in store.runs() if r.status != 'running'), None), timeout=STALE_AFTER)
+    assert run.status == 'failed'
+    assert run.error == 'the fit stopped with an exception'  # caught by its caller: nothing names it
+    assert learn.watch.lifecycle.state == ENDED and len(store.epochs(run.id)) == 1
     del learn.unfreeze
     quietly(learn, 'fine_tune', 1)  # the callback goes on with a new run
-    assert [r['status'] for r in store.runs()] == ['finished', 'failed']
+    assert [r.status for r in store.runs()] == ['finished', 'failed']
 
 
 class Evaluate(Callback):
@@ -100,19 +100,20 @@ def test_evaluation_inside_a_fit_neither_ends_nor_pollutes_the_run(dls, tmp_path
     quietly(learn, 'fine_tune', 1)
     store = open_store(tmp_path / 'eval.db')
     [run] = store.runs()
-    assert run['status'] == 'finished' and learn.watch.run.state == ENDED
-    assert store.batches(run['id'])['step'] == list(range(2 * len(dls.train)))
-    epochs = store.epochs(run['id'])
-    assert [(e['epoch'], e['fit']) for e in epochs] == [(0, 0), (1, 1)]
-    np.testing.assert_allclose([[e['train_loss'], e['valid_loss'], e['metrics']['error_rate']] for e in epochs],
+    assert run.status == 'finished' and learn.watch.lifecycle.state == ENDED
+    assert store.batches(run.id)['step'] == list(range(2 * len(dls.train)))
+    epochs = store.epochs(run.id)
+    assert [(e.epoch, e.fit) for e in epochs] == [(0, 0), (1, 1)]
+    np.testing.assert_allclose([[e.train_loss, e.valid_loss, e.metrics['error_rate']] for e in epochs],
                                evaluate.main_logs, rtol=1e-6)
-    assert all(abs(e['valid_loss'] - float(o[0])) > 1e-6 for e, o in zip(epochs, evaluate.other_results))
-    assert store.counts(run['id']) == {'batches': 2 * len(dls.train), 'epochs': 2, 'confusion': 2, 'top_losses': 32}
-    assert [store.confusion(run['id'], e)['matrix'].sum() for e in (0, 1)] == [len(dls.valid_ds)] * 2
+    assert all(abs(e.valid_loss - float(o[0])) > 1e-6 for e, o in zip(epochs, evaluate.other_results))
+    assert store.counts(run.id) == {
+        'batches': 2 * len(dls.train), 'epochs': 2, 'confusion': 2, 'top_losses': 32, 'alerts': 0}
+    assert [store.confusion(run.id, e).matrix.sum() for e in (0, 1)] == [len(dls.valid_ds)] * 2
     learn.remove_cb(evaluate)  # its get_preds in before_epoch would wait on the lock of fastai's own get_preds
     interp = ClassificationInterpretation.from_learner(learn)
-    np.testing.assert_array_equal(store.confusion(run['id'])['matrix'], interp.confusion_matrix())
-    assert [t['item_index'] for t in store.top_losses(run['id'])] == interp.top_losses(16)[1].tolist()
+    np.testing.assert_array_equal(store.confusion(run.id).matrix, interp.confusion_matrix())
+    assert [t.item_index for t in store.top_losses(run.id)] == interp.top_losses(16)[1].tolist()
 
 
 EXIT_SCRIPT = '''
@@ -143,7 +144,7 @@ def test_at_exit_only_a_fresh_error_labels_the_run(digits_path, tmp_path, stop, 
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == (3 if 'exit' in stop else 1), done.stderr[-2000:]
     [run] = open_store(tmp_path / 'exit.db').runs()
-    assert run['status'] == status and re.fullmatch(error, run['error']), (run, done.stderr[-2000:])
+    assert run.status == status and re.fullmatch(error, run.error), (run, done.stderr[-2000:])
 
 
 KERNEL_CODE = '''
@@ -190,16 +191,16 @@ def test_a_notebook_interrupt_ends_the_run_interrupted_and_the_kernel_lives_on(d
             try: store = open_store(path, readonly=True)
             except StoreError: return 0  # not there yet, or its tables are being created
             runs = store.runs()
-            return len(store.batches(runs[0]['id'])['step']) if runs else 0
+            return len(store.batches(runs[0].id)['step']) if runs else 0
         assert wait_for(lambda: steps() > 5, timeout=180)
         manager.interrupt_kernel()
         reply = client.get_shell_msg(timeout=60)
         while reply['parent_header'].get('msg_id') != msg_id: reply = client.get_shell_msg(timeout=60)
         assert reply['content']['status'] == 'error' and reply['content']['ename'] == 'KeyboardInterrupt'
         store = open_store(path, readonly=True)
-        run = wait_for(lambda: next((r for r in store.runs() if r['status'] != 'running'), None), timeout=10)
-        assert run and (run['status'], run['error']) == ('interrupted', 'KeyboardInterrupt')
-        reply, printed = execute(client, 'print(learn.watch.run.state, learn.watch.run.outcome, 6 * 7)')
+        run = wait_for(lambda: next((r for r in store.runs() if r.status != 'running'), None), timeout=10)
+        assert run and (run.status, run.error) == ('interrupted', 'KeyboardInterrupt')
+        reply, printed = execute(client, 'print(learn.watch.lifecycle.state, learn.watch.lifecycle.outcome, 6 * 7)')
         assert reply['status'] == 'ok' and printed.strip() == "ended ('interrupted', 'KeyboardInterrupt') 42"
     finally:
         client.stop_channels()
@@ -226,8 +227,8 @@ def test_an_evaluation_inside_the_validation_pass_leaves_that_pass_its_own(dls, 
     quietly(learn, 'fit', 1)
     store = open_store(tmp_path / 'inside.db')
     [run] = store.runs()
-    assert run['status'] == 'finished'
-    assert store.confusion(run['id'], 0)['matrix'].sum() == len(dls.valid_ds)
+    assert run.status == 'finished'
+    assert store.confusion(run.id, 0).matrix.sum() == len(dls.valid_ds)
     learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, ValidateInsideThePass)])
     interp = ClassificationInterpretation.from_learner(learn)
-    np.testing.assert_array_equal(store.confusion(run['id'])['matrix'], interp.confusion_matrix())
+    np.testing.assert_array_equal(store.confusion(run.id).matrix, interp.confusion_matrix())

@@ -78,7 +78,7 @@ def thousand(tmp_path_factory):
     held = HeldByCollector()
     learn = train_many_classes(path, 1000, cbs=[held])
     store = open_store(path)
-    return {'path': path, 'store': store, 'run_id': store.runs()[0]['id'], 'learn': learn, 'held': held.peaks(),
+    return {'path': path, 'store': store, 'run_id': store.runs()[0].id, 'learn': learn, 'held': held.peaks(),
             **oracle(learn)}
 
 
@@ -88,7 +88,7 @@ def twenty_thousand(tmp_path_factory):
     held = HeldByCollector()
     learn = train_many_classes(path, 20_000, n_train=2000, n_valid=3000, cbs=[held])
     store = open_store(path)
-    return {'path': path, 'store': store, 'run_id': store.runs()[0]['id'], 'learn': learn, 'held': held.peaks(),
+    return {'path': path, 'store': store, 'run_id': store.runs()[0].id, 'learn': learn, 'held': held.peaks(),
             **oracle(learn)}
 
 
@@ -97,10 +97,10 @@ def test_many_classes_recorded_sparsely_as_fastai_finds_them(case, request):
     run = request.getfixturevalue(case)
     store, run_id, learn = run['store'], run['run_id'], run['learn']
     n, n_valid = len(learn.dls.vocab), len(learn.dls.valid_ds)
-    assert store.run(run_id)['status'] == 'finished'
+    assert store.run(run_id).status == 'finished'
     confusion = store.confusion(run_id)
-    cells = confusion['cells']
-    assert confusion['n_classes'] == n and confusion['vocab'] == learn.dls.vocab and confusion['matrix'] is None
+    cells = confusion.cells
+    assert confusion.n_classes == n and confusion.vocab == learn.dls.vocab and confusion.matrix is None
     assert cells[:, 2].sum() == run['kept'] < n_valid  # ignored targets are counted nowhere
     assert len(cells) <= run['kept'] and (cells[:, 2] > 0).all()
     if run['matrix'] is not None: np.testing.assert_array_equal(dense(cells, n), run['matrix'])
@@ -111,9 +111,9 @@ def test_many_classes_recorded_sparsely_as_fastai_finds_them(case, request):
         np.testing.assert_array_equal(cells, np.column_stack([pairs, counts]))
     losses, idxs = run['interp'].top_losses(16)
     top = store.top_losses(run_id)
-    assert [t['item_index'] for t in top] == idxs.tolist()
-    np.testing.assert_allclose([t['loss'] for t in top], losses.tolist(), rtol=1e-5)
-    assert {t['actual'] for t in top} <= set(learn.dls.vocab)
+    assert [t.item_index for t in top] == idxs.tolist()
+    np.testing.assert_allclose([t.loss for t in top], losses.tolist(), rtol=1e-5)
+    assert {t.actual for t in top} <= set(learn.dls.vocab)
     # The pass holds a few values per item, never per class pair: 4 tensors of at most n_valid items.
     held = run['held']
     assert held['items'] <= 4 * n_valid
@@ -125,29 +125,29 @@ def test_many_classes_recorded_sparsely_as_fastai_finds_them(case, request):
 def test_targets_outside_the_vocabulary_are_ignored_as_the_loss_ignores_them(tmp_path):
     learn = train_many_classes(tmp_path / 'few.db', 12, n_train=600, n_valid=400, ignored=0.2)
     store = open_store(tmp_path / 'few.db')
-    run_id = store.runs()[0]['id']
+    run_id = store.runs()[0].id
     interp = ClassificationInterpretation.from_learner(learn, dl=valid_with_vocab(learn))
-    np.testing.assert_array_equal(store.confusion(run_id)['matrix'], interp.confusion_matrix())  # no -100 row
+    np.testing.assert_array_equal(store.confusion(run_id).matrix, interp.confusion_matrix())  # no -100 row
     losses, idxs = interp.top_losses(16)
-    assert [t['item_index'] for t in store.top_losses(run_id)] == idxs.tolist()
+    assert [t.item_index for t in store.top_losses(run_id)] == idxs.tolist()
 
 
 @pytest.mark.parametrize('case', ['thousand', 'twenty_thousand'])
 def test_dashboard_draws_one_binned_image_and_the_most_confused_table(case, request):
     run = request.getfixturevalue(case)
-    view = Dashboard(open_store(run['path'], readonly=True))
+    view = Dashboard(open_store(run['path'], readonly=True)).epoch_panel
     chart, n = view.confusion, len(run['learn'].dls.vocab)
     confusion = run['store'].confusion(run['run_id'])
     [image] = chart.source.data['image']
     size = -(-n // IMAGE_SIDE)
     assert not chart.dense and image.shape == (-(-n // size),) * 2 and image.shape[0] <= IMAGE_SIDE
     assert image.sum() == run['kept']
-    actual, predicted, count = confusion['cells'][np.argmax(confusion['cells'][:, 2])]
+    actual, predicted, count = confusion.cells[np.argmax(confusion.cells[:, 2])]
     assert image[actual // size, predicted // size] >= count
     assert not [r for r in chart.fig.renderers if type(r.glyph).__name__ in ('Rect', 'Text')]  # no per-cell glyphs
     # The page's confusion chart, serialised as bokeh sends it: far under 5 MB.
     assert len(json.dumps(json_item(chart.fig))) + image.nbytes < 2e6
-    expected = most_confused(confusion['cells'], confusion['vocab'])
+    expected = most_confused(confusion.cells, confusion.vocab)
     assert expected and all(f'<td>{a}</td><td>{p}</td><td>{c}</td>' in view.pairs.value for a, p, c in expected)
     view.normalised.value = True
     [shares] = chart.source.data['image']
@@ -157,7 +157,7 @@ def test_dashboard_draws_one_binned_image_and_the_most_confused_table(case, requ
 
 def test_confusion_png_of_many_classes_is_a_bounded_heatmap(twenty_thousand, thousand, tmp_path):
     confusion = twenty_thousand['store'].confusion(twenty_thousand['run_id'])
-    png, width, height = confusion_png(confusion['cells'], confusion['vocab'])
+    png, width, height = confusion_png(confusion.cells, confusion.vocab)
     image = Image.open(io.BytesIO(png))
     assert image.size == (width, height) and width == height <= HEATMAP_SIDE
     assert np.asarray(image)[..., 0].min() < 255  # some bins are shaded

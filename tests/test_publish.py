@@ -1,24 +1,24 @@
 """Publishing a run: to a local folder served over https and to a real WebDAV server, what a tick uploads, failing
-targets, and the `fastwatch publish` and `share --published` commands. Followers are `fastwatch.view.remote`'s."""
+targets, and the `fastwatch publish` and `share --published` commands. Followers are `remote.protocol`'s too."""
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-import time
 import warnings
 
 import pytest
 from browser import self_signed_certificate
-from conftest import train, wait_for
 from fastai.torch_core import set_seed
+from helpers import batch_row, start_synthetic_run, train, wait_for
 from storage_server import dav_server
 
 from fastwatch import open_store
 from fastwatch.demo.digits import digits_dls
+from fastwatch.record.network import PublishListener
 from fastwatch.record.writer import Writer
-from fastwatch.share.publish import Publisher, public_url
-from fastwatch.view.remote import follow
+from fastwatch.remote.protocol import Publisher, follow, public_url
+from fastwatch.store import RUN_TABLES
 
 TABLES = ('batches', 'epochs', 'confusion', 'top_losses')
 
@@ -45,37 +45,37 @@ def same_rows(source, mirror, run_id: str) -> None:
     assert mirror.batches(run_id) == source.batches(run_id)
     assert mirror.epochs(run_id) == source.epochs(run_id)
     assert mirror.alerts(run_id) == source.alerts(run_id)
-    for epoch in [e['epoch'] for e in source.epochs(run_id)]:
+    for epoch in [e.epoch for e in source.epochs(run_id)]:
         assert mirror.top_losses(run_id, epoch) == source.top_losses(run_id, epoch)
         a, b = mirror.confusion(run_id, epoch), source.confusion(run_id, epoch)
         assert (a is None) == (b is None) and (a is None or str(a) == str(b))
     assert mirror.batches_downsampled(run_id, n=50) == source.batches_downsampled(run_id, n=50)
     for key in ('name', 'status', 'error', 'created_at', 'info', 'config', 'vocab', 'lost_rows'):
-        assert mirror.run(run_id)[key] == source.run(run_id)[key]
+        assert getattr(mirror.run(run_id), key) == getattr(source.run(run_id), key)
+    for table in RUN_TABLES:  # every row of every run table, as stored
+        assert mirror.rows(table, run_id) == source.rows(table, run_id), table
 
 
 def publisher_of(learn) -> Publisher:
-    "The publisher a learner's WatchCallback put in its writer's hooks (still there until its run is published)."
-    return next(h for h in learn.watch.writer.hooks if isinstance(h, Publisher))
+    "The publisher a learner's WatchCallback gave its writer (a listener until its run is published)."
+    return next(h.publisher for h in learn.watch.writer.listeners if isinstance(h, PublishListener))
 
 
 def test_each_tick_uploads_what_is_new_not_the_whole_run(tmp_path, dav):
     "A long synthetic run through the writer: every tick uploads about the same bytes while the run grows 40-fold."
     path, run_id, per_tick, ticks = tmp_path / 'store.db', 'longsyntheticrun', 2000, 40
     writer = Writer(f'sqlite:///{path}')
-    now = time.time()
-    writer.start_run({'id': run_id, 'name': 'long', 'status': 'running', 'error': None, 'created_at': now,
-                      'updated_at': now, 'heartbeat': now, 'info': '{}', 'config': '{}', 'lost_rows': 0, 'vocab': None})
+    start_synthetic_run(writer, run_id, 'long')
     folder = dav.folder / 'runs'
     publisher = Publisher(str(path), run_id, str(folder), every=1, url=dav.url + 'runs/')
     landed = []  # bytes of the files that each tick wrote into the served folder
     for tick in range(ticks):
         for step in range(tick * per_tick, (tick + 1) * per_tick):
-            writer.add_batch((run_id, step, tick, 0, False, 1 / (step + 1), 0.5, 1e-3, 0.9, time.time(), None))
+            writer.add_batch(batch_row(run_id, step, 1 / (step + 1), epoch=tick, smooth_loss=0.5))
         if tick == ticks - 1: writer.end_run(run_id, 'finished')
         assert writer.flush(timeout=30)
         before = {p: p.stat().st_mtime_ns for p in (folder / run_id).glob('*')} if tick else {}
-        assert publisher.publish()
+        assert publisher.publish(last=tick == ticks - 1)
         landed.append(sum(p.stat().st_size for p in (folder / run_id).glob('*')
                           if before.get(p) != p.stat().st_mtime_ns))
     assert publisher.uploads == landed and publisher.done
@@ -84,7 +84,7 @@ def test_each_tick_uploads_what_is_new_not_the_whole_run(tmp_path, dav):
     assert max(landed[1:]) < 1.2 * min(landed[1:])  # the same rows a tick: the same bytes, from first to last
     mirror = follow(publisher.url, tmp_path / 'downloads')
     same_rows(open_store(path, readonly=True), mirror, run_id)
-    assert mirror.run(run_id)['state'] == 'finished'
+    assert mirror.run(run_id).state == 'finished'
 
 
 def test_a_training_published_to_webdav_is_followed_with_every_row(dls, tmp_path, dav, capsys):
@@ -93,7 +93,7 @@ def test_a_training_published_to_webdav_is_followed_with_every_row(dls, tmp_path
     printed = capsys.readouterr().out
     assert f'{dav.url}runs/{run_id}/' in printed.replace('%2F', '/').replace('%3A', ':')
     assert 'mybinder.org/v2/gh/fastwatch/fastwatch/main' in printed and f'run%3D{run_id}' in printed
-    assert not learn.watch.writer.hooks  # published whole: its hook is gone
+    wait_for(lambda: not learn.watch.writer.listeners)  # published whole, from a thread of its own: it is gone
     mirror = follow(f'{dav.url}runs/{run_id}/index.json', tmp_path / 'downloads')
     same_rows(open_store(tmp_path / 'store.db', readonly=True), mirror, run_id)
     index = json.loads((dav.folder / 'runs' / run_id / 'index.json').read_text())
@@ -123,18 +123,19 @@ def test_a_failing_target_costs_one_warning_and_catches_up(digits_path, tmp_path
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         learn = train(dls, tmp_path / 'store.db', epochs=1, publish=webdav(dav), publish_every=1)
+        publisher = publisher_of(learn)
+        wait_for(lambda: publisher.failures)  # uploads fail on a thread of their own, while training goes on
     messages = [str(w.message) for w in caught if 'fastwatch' in str(w.message)]
     assert len([m for m in messages if 'cannot publish' in m]) == 1, messages
     assert [list(v) for v in learn.recorder.values] == unpublished  # training went on, unchanged
     run_id = learn.watch.run_id
-    publisher = publisher_of(learn)
     assert not publisher.done and not (dav.folder / 'runs' / run_id / 'index.json').exists()
     if failure == 'stopped': dav.start()
     else: dav.app.mode = None
     wait_for(lambda: publisher.done)  # the writer thread retries, with backoff, and catches up
     mirror = follow(f'{dav.url}runs/{run_id}/', tmp_path / 'downloads')
     same_rows(open_store(tmp_path / 'store.db', readonly=True), mirror, run_id)
-    assert mirror.run(run_id)['state'] == 'finished'
+    assert mirror.run(run_id).state == 'finished'
     assert len([m for m in messages if 'cannot publish' in m]) == 1
 
 

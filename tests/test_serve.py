@@ -7,7 +7,7 @@ import urllib.error
 import urllib.request
 
 from browser import served
-from test_snapshot import add_empty_run
+from helpers import add_empty_run
 
 from fastwatch.view.server import BOKEHJS
 

@@ -7,11 +7,11 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from test_snapshot import cli
+from helpers import cli
 
 from fastwatch import __version__, open_store
+from fastwatch.links import binder_url
 from fastwatch.share.binder import APP
-from fastwatch.share.links import binder_url
 
 ROOT = Path(__file__).parents[1]
 

@@ -4,37 +4,23 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from helpers import add_empty_run, cli
 from sqlalchemy import select
 
 from fastwatch import open_store
 from fastwatch.cli import run_command
-from fastwatch.store.schema import RUN_TABLES, runs
+from fastwatch.store.tables import RUN_TABLES, runs
 
 
 def run_rows(store, run_id: str) -> dict[str, list[tuple]]:
     "Every row of a run, table by table, in primary-key order."
     rows = {}
     with store.engine.connect() as conn:
-        for table in (runs, *RUN_TABLES):
+        for table in (runs, *(entry.table for entry in RUN_TABLES.values())):
             key = table.c.id if table is runs else table.c.run_id
             rows[table.name] = [tuple(r) for r in conn.execute(
                 select(table).where(key == run_id).order_by(*table.primary_key.columns))]
     return rows
-
-
-def add_empty_run(location, run_id: str) -> None:
-    "Record a run with no rows into the store at `location`, beside what it has."
-    store = open_store(location)
-    store.write({'runs': [{'id': run_id, 'status': 'finished', 'created_at': 1.0, 'updated_at': 1.0,
-                           'heartbeat': 1.0, 'info': '{}', 'config': '{}', 'lost_rows': 0}]})
-    store.close()
-
-
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    "Run `fastwatch ARGV...` in-process: exit status, stdout, stderr."
-    status = run_command(argv[0], list(argv[1:]))
-    out = capsys.readouterr()
-    return status, out.out, out.err
 
 
 def test_export_import_gives_identical_rows(trained, tmp_path, capsys):
@@ -45,7 +31,7 @@ def test_export_import_gives_identical_rows(trained, tmp_path, capsys):
     assert status == 0 and f"imported 1 run(s) into {merged}: {trained['run_id']}" in out
     expected = run_rows(trained['store'], trained['run_id'])
     assert all(expected[t] for t in ('runs', 'batches', 'batch_blocks', 'epochs', 'confusion', 'top_losses'))
-    assert any(row['image'] for row in trained['store'].top_losses(trained['run_id']))  # thumbnails travel too
+    assert any(row.image for row in trained['store'].top_losses(trained['run_id']))  # thumbnails travel too
     for copy in (open_store(snapshot, readonly=True), open_store(merged, readonly=True)):
         assert run_rows(copy, trained['run_id']) == expected
         copy.close()
@@ -58,8 +44,8 @@ def test_snapshot_is_one_self_contained_file_that_opens_read_only(trained, tmp_p
     assert sqlite3.connect(snapshot).execute('PRAGMA journal_mode').fetchone()[0] == 'delete'
     snapshot.chmod(0o444)  # as a file in a read-only checkout
     store = open_store(snapshot, readonly=True)
-    assert [run['id'] for run in store.runs()] == [trained['run_id']]
-    assert store.confusion(trained['run_id'])['matrix'].sum() > 0
+    assert [run.id for run in store.runs()] == [trained['run_id']]
+    assert store.confusion(trained['run_id']).matrix.sum() > 0
     store.close()
 
 
@@ -73,7 +59,7 @@ def test_importing_twice_adds_nothing_and_keeps_other_runs(trained, tmp_path, ca
     status, out, _ = cli(capsys, 'import', str(snapshot), '--store', str(merged))
     assert status == 0 and 'imported 0 run(s)' in out and '1 already there' in out
     assert run_rows(other, trained['run_id']) == before
-    assert sorted(run['id'] for run in other.runs()) == sorted(['other', trained['run_id']])
+    assert sorted(run.id for run in other.runs()) == sorted(['other', trained['run_id']])
     other.close()
 
 
@@ -109,7 +95,7 @@ def test_force_replaces_an_existing_snapshot(trained, tmp_path, capsys):
     out = tmp_path / 'run.fastwatch'
     out.write_bytes(b'old')
     status, _, _ = cli(capsys, 'export', trained['run_id'], '-o', str(out), '--force', '--store', str(trained['path']))
-    assert status == 0 and open_store(out, readonly=True).run(trained['run_id'])['id'] == trained['run_id']
+    assert status == 0 and open_store(out, readonly=True).run(trained['run_id']).id == trained['run_id']
 
 
 @pytest.mark.parametrize('content', [b'just some text\n', 'sqlite with other tables'])
@@ -143,7 +129,7 @@ def test_importing_a_fuller_snapshot_adds_the_rows_the_store_lacks(trained, tmp_
     status, out, _ = cli(capsys, 'import', str(snapshot), '--store', str(merged))
     assert status == 0 and f'completed 1 run(s) with the rows they lacked: {run_id} (+{lacking})' in out
     assert run_rows(store, run_id) == run_rows(trained['store'], run_id)
-    assert store.run(run_id)['status'] == 'finished'
+    assert store.run(run_id).status == 'finished'
     # Importing it again changes nothing.
     status, out, _ = cli(capsys, 'import', str(snapshot), '--store', str(merged))
     assert status == 0 and 'imported 0 run(s)' in out and '1 already there' in out and 'completed' not in out

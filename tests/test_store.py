@@ -4,18 +4,18 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import train
+from helpers import batch_row, start_synthetic_run, train
 from sqlalchemy import create_engine
 
 from fastwatch import RunNotFound, StoreError, open_store
 from fastwatch.record.writer import Writer
 from fastwatch.store import schema
+from fastwatch.store.tables import TopLossRow
 
 ROOT = Path(__file__).parent.parent
 
@@ -104,21 +104,17 @@ def test_batches_since_a_cursor_returns_only_what_is_new(trained):
 def test_readonly_store_cannot_be_written(trained):
     reader = open_store(trained['path'], readonly=True)
     with pytest.raises(Exception, match='readonly'): reader.write({}, {trained['run_id']: {'name': 'changed'}})
-    assert open_store(trained['path']).run(trained['run_id'])['name'] == 'digits'
+    assert open_store(trained['path']).run(trained['run_id']).name == 'digits'
 
 
 def write_long_run(location, n_steps: int, spike_at: int) -> str:
     "A run of `n_steps` batch rows through the real background writer, with one loss spike."
     writer = Writer.for_store(location)
     run_id = f'long{n_steps}'
-    now = time.time()
-    writer.start_run({'id': run_id, 'name': None, 'status': 'running', 'error': None, 'created_at': now,
-                      'updated_at': now, 'heartbeat': now, 'info': '{}', 'config': '{}', 'vocab': None,
-                      'lost_rows': 0})
+    start_synthetic_run(writer, run_id)
     loss = 2 * np.exp(-np.arange(n_steps) / n_steps) + 0.05 * np.sin(np.arange(n_steps))
     loss[spike_at] = 50.0
-    for step in range(n_steps):
-        writer.add_batch((run_id, step, step // 1000, 0, False, loss[step], loss[step], 1e-3, 0.9, now, None))
+    for step in range(n_steps): writer.add_batch(batch_row(run_id, step, float(loss[step]), epoch=step // 1000))
     writer.end_run(run_id, 'finished')
     assert writer.flush(timeout=120)
     return run_id
@@ -142,28 +138,28 @@ def test_downsampling_a_long_run_keeps_spikes_and_the_last_point(tmp_path):
 
 
 def test_several_processes_record_into_one_file(tmp_path, digits_path):
-    script = ('import sys; sys.path.insert(0, "tests"); from conftest import train; '
+    script = ('import sys; sys.path.insert(0, "tests"); from helpers import train; '
               'from fastwatch.demo.digits import digits_dls; '
               f'train(digits_dls({str(digits_path)!r}), {str(tmp_path / "shared.db")!r}, epochs=1)')
     procs = [subprocess.Popen([sys.executable, '-c', script], cwd=ROOT) for _ in range(2)]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
     store = open_store(tmp_path / 'shared.db')
     runs = store.runs()
-    assert len(runs) == 2 and {r['status'] for r in runs} == {'finished'}
-    assert [store.counts(r['id'])['epochs'] for r in runs] == [2, 2]
+    assert len(runs) == 2 and {r.status for r in runs} == {'finished'}
+    assert [store.counts(r.id)['epochs'] for r in runs] == [2, 2]
 
 
 def test_postgresql_store_records_and_reads_a_run(dls, postgres_url):
     learn = train(dls, postgres_url, epochs=1, name='on postgres')
     store = open_store(postgres_url, readonly=True)
     run = store.runs()[0]
-    assert (run['name'], run['status']) == ('on postgres', 'finished')
-    assert store.counts(run['id']) == {'batches': 2 * len(dls.train), 'epochs': 2, 'confusion': 2,
-                                       'top_losses': 32}
-    assert store.epochs(run['id'])[-1]['metrics']['error_rate'] == pytest.approx(learn.recorder.values[-1][2])
-    assert store.confusion(run['id'])['matrix'].sum() == len(dls.valid_ds)
-    assert store.top_losses(run['id'])[0]['image'][:4] == b'\x89PNG'
-    with pytest.raises(Exception, match='read-only'): store.write({}, {run['id']: {'name': 'x'}})
+    assert (run.name, run.status) == ('on postgres', 'finished')
+    assert store.counts(run.id) == {'batches': 2 * len(dls.train), 'epochs': 2, 'confusion': 2,
+                                    'top_losses': 32, 'alerts': 0}
+    assert store.epochs(run.id)[-1].metrics['error_rate'] == pytest.approx(learn.recorder.values[-1][2])
+    assert store.confusion(run.id).matrix.sum() == len(dls.valid_ds)
+    assert store.top_losses(run.id)[0].image[:4] == b'\x89PNG'
+    with pytest.raises(Exception, match='read-only'): store.write({}, {run.id: {'name': 'x'}})
 
 
 def test_postgresql_that_is_not_a_store_is_refused(postgres_url):
@@ -186,13 +182,14 @@ def test_a_schema_1_store_is_upgraded_with_its_rows(tmp_path):
     conn.commit()
     conn.close()
     store = open_store(path)
-    assert store.run('r1')['name'] == 'old'
-    np.testing.assert_array_equal(store.confusion('r1')['matrix'], dense)
-    assert store.top_losses('r1')[0]['loss'] == 2.5
+    assert store.run('r1').name == 'old'
+    np.testing.assert_array_equal(store.confusion('r1').matrix, dense)
+    assert store.top_losses('r1')[0].loss == 2.5
     assert store.batches('r1')['loss'] == [1.5]
-    store.write({'top_losses': [{'run_id': 'r1', 'epoch': 1, 'rank': 0, 'item_index': 0, 'item': 'y', 'actual': 'a',
-                                 'predicted': 'b', 'probability': None, 'loss': None}]})
-    assert store.top_losses('r1', epoch=1)[0]['loss'] is None
+    store.write({'top_losses': [TopLossRow(run_id='r1', epoch=1, rank=0, item_index=0, item='y', actual='a',
+                                           predicted='b', probability=None, loss=None, image=None, image_type=None,
+                                           text=None)]})
+    assert store.top_losses('r1', epoch=1)[0].loss is None
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT value FROM fastwatch_meta").fetchone() == (str(schema.SCHEMA_VERSION),)
     assert conn.execute('PRAGMA integrity_check').fetchone() == ('ok',)

@@ -36,8 +36,8 @@ def fit(learn: Learner, epochs: int = 1, lr: float = 1e-2) -> dict:
         learn.fit(epochs, lr)
     store = open_store(learn.watch.store)
     run = store.runs()[0]
-    assert run['status'] == 'finished' and len(store.runs()) == 1
-    return {'store': store, 'run_id': run['id']}
+    assert run.status == 'finished' and len(store.runs()) == 1
+    return {'store': store, 'run_id': run.id}
 
 
 def assert_recorded_as_interpretation(learn: Learner, recorded: dict) -> ClassificationInterpretation:
@@ -45,20 +45,20 @@ def assert_recorded_as_interpretation(learn: Learner, recorded: dict) -> Classif
     store, run_id = recorded['store'], recorded['run_id']
     interp = ClassificationInterpretation.from_learner(learn)
     confusion = store.confusion(run_id)
-    np.testing.assert_array_equal(confusion['matrix'], interp.confusion_matrix())
-    assert confusion['vocab'] == [str(v) for v in interp.vocab]
-    assert most_confused(confusion['cells'], confusion['vocab'], 100) == [
+    np.testing.assert_array_equal(confusion.matrix, interp.confusion_matrix())
+    assert confusion.vocab == [str(v) for v in interp.vocab]
+    assert most_confused(confusion.cells, confusion.vocab, 100) == [
         (str(a), str(p), int(c)) for a, p, c in interp.most_confused()]
     losses, idxs = interp.top_losses(16)
     top = store.top_losses(run_id)
-    assert [t['item_index'] for t in top] == idxs.tolist()
-    np.testing.assert_allclose([t['loss'] for t in top], losses.tolist(), rtol=1e-5)
+    assert [t.item_index for t in top] == idxs.tolist()
+    np.testing.assert_allclose([t.loss for t in top], losses.tolist(), rtol=1e-5)
     # What confusion_matrix() reads, in dataset order (interp[idxs] re-tokenizes a text classifier's items).
     preds, targs, decoded = learn.get_preds(dl=interp.dl, with_decoded=True)
     vocab = [str(v) for v in interp.vocab]
     for t, pred, targ, dec in zip(top, preds[idxs], targs.view(-1)[idxs], decoded.view(-1)[idxs]):
-        assert (t['actual'], t['predicted']) == (vocab[targ], vocab[dec])
-        assert t['probability'] == pytest.approx(pred.max().item(), rel=1e-5)
+        assert (t.actual, t.predicted) == (vocab[targ], vocab[dec])
+        assert t.probability == pytest.approx(pred.max().item(), rel=1e-5)
     return interp
 
 
@@ -81,9 +81,9 @@ def test_tabular_classifier_records_confusion_and_top_rows(wine, tmp_path):
     _, idxs = interp.top_losses(16)
     rows = dls.valid.items
     for t, i in zip(recorded['store'].top_losses(recorded['run_id']), idxs.tolist()):
-        assert t['item'] == str(rows.index[i])  # the row's label in the user's DataFrame
+        assert t.item == str(rows.index[i])  # the row's label in the user's DataFrame
         original = frame.loc[rows.index[i]]
-        shown = dict(pair.split('=', 1) for pair in t['text'].split(' ')[:3])
+        shown = dict(pair.split('=', 1) for pair in t.text.split(' ')[:3])
         assert list(shown) == features[:3]
         for name, value in shown.items(): assert float(value) == pytest.approx(original[name], rel=1e-4)  # decoded
 
@@ -126,8 +126,8 @@ def test_text_classifier_maps_sorted_positions_back_to_items(tmp_path):
     _, idxs = interp.top_losses(16)
     items = dls.valid.items
     for t, i in zip(recorded['store'].top_losses(recorded['run_id']), idxs.tolist()):
-        assert t['item'] == str(items.index[i])
-        assert t['text'] == ' '.join(items.iloc[i]['text'])[:200]  # that item's own tokens, decoded
+        assert t.item == str(items.index[i])
+        assert t.text == ' '.join(items.iloc[i]['text'])[:200]  # that item's own tokens, decoded
 
 
 def test_tabular_regression_with_bs_1_float_targets_records_no_confusion(wine, tmp_path):
@@ -137,8 +137,9 @@ def test_tabular_regression_with_bs_1_float_targets_records_no_confusion(wine, t
     learn = tabular_learner(dls, layers=[16], metrics=rmse, cbs=WatchCallback(store=tmp_path / 'reg.db'))
     recorded = fit(learn, lr=1e-3)
     store, run_id = recorded['store'], recorded['run_id']
-    assert store.counts(run_id) == {'batches': len(dls.train), 'epochs': 1, 'confusion': 0, 'top_losses': 0}
-    assert store.epochs(run_id)[0]['metrics']['_rmse'] == pytest.approx(float(learn.recorder.values[-1][2]))
+    assert store.counts(run_id) == {
+        'batches': len(dls.train), 'epochs': 1, 'confusion': 0, 'top_losses': 0, 'alerts': 0}
+    assert store.epochs(run_id)[0].metrics['_rmse'] == pytest.approx(float(learn.recorder.values[-1][2]))
 
 
 def test_segmentation_records_losses_and_metrics_without_confusion(digits_path, tmp_path):
@@ -152,8 +153,9 @@ def test_segmentation_records_losses_and_metrics_without_confusion(digits_path, 
                     cbs=WatchCallback(store=tmp_path / 'seg.db'))
     recorded = fit(learn)
     store, run_id = recorded['store'], recorded['run_id']
-    assert store.counts(run_id) == {'batches': len(dls.train), 'epochs': 1, 'confusion': 0, 'top_losses': 0}
+    assert store.counts(run_id) == {
+        'batches': len(dls.train), 'epochs': 1, 'confusion': 0, 'top_losses': 0, 'alerts': 0}
     epoch = store.epochs(run_id)[0]
-    assert epoch['metrics']['foreground_acc'] == pytest.approx(float(learn.recorder.values[-1][2]))
-    assert epoch['valid_loss'] == pytest.approx(float(learn.recorder.values[-1][1]))
+    assert epoch.metrics['foreground_acc'] == pytest.approx(float(learn.recorder.values[-1][2]))
+    assert epoch.valid_loss == pytest.approx(float(learn.recorder.values[-1][1]))
     assert torch.isfinite(torch.tensor(store.batches(run_id)['loss'])).all()

@@ -4,21 +4,25 @@ run's `alerts` table.
 Triggers: the run finished (with its final metrics), failed or was interrupted (with the error), a non-finite loss,
 and, from `alert_on={'metric': 'condition'}`, a metric crossing a threshold (`'<0.05'`, `'>=0.9'`) or not improving
 (`'no improvement for 3 epochs'`; `'no decrease …'` / `'no increase …'` say which way is better). `Alerts` is a
-writer hook: it sees each tick's rows in the writer thread before they are written, sends what they trigger, and
-adds the alerts to the same write. The same alert is not sent again within `window` seconds.
+writer listener: it sees each commit's rows in the writer's thread, and a thread of its own sends what they trigger
+and hands the alerts' rows back to the writer. The same alert is not sent again within `window` seconds.
 """
 from __future__ import annotations
 
-import json
 import math
 import operator
 import re
 import time
 import warnings
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..store.records import ENDED
+from ..store.tables import AlertRow, alerts, batches, epochs
+from .network import NetworkThread
+
 WINDOW = 1800.0  # seconds within which the same alert is not repeated
-FINAL = ('finished', 'failed', 'interrupted')
 OPERATORS = {'<': operator.lt, '<=': operator.le, '>': operator.gt, '>=': operator.ge}
 THRESHOLD = re.compile(r'^\s*(<=|>=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$')
 PLATEAU = re.compile(r'^\s*no\s+(improvement|decrease|increase)\s+(?:for|in)\s+(\d+)\s+epochs?\s*$', re.IGNORECASE)
@@ -107,60 +111,74 @@ def _number(value) -> str: return 'nan' if value is None else f'{value:.4g}'
 
 
 class Alerts:
-    """The alerts of one run: `before_write` is the writer's hook. `urls`: apprise notification URLs; `conditions`:
-    from `parse_alert_on`; `link`: where the run can be watched, in every alert."""
+    """The alerts of one run, a writer listener. `committed` (the writer's thread) checks each commit's rows
+    against the triggers and queues what they trigger; a thread of its own sends it through `urls` (apprise) and
+    hands each alert's row, with whether it was delivered, to `add_rows` (the writer's). `conditions`: from
+    `parse_alert_on`; `link`: where the run can be watched, in every alert."""
 
     def __init__(self, run_id: str, name: str | None, link: str, urls: list[str], conditions: list[Condition],
-                 window: float = WINDOW):
-        self.run_id, self.name, self.link, self.conditions, self.window = run_id, name, link, conditions, window
-        self.notifiers = notifiers(urls)
-        self.seq, self.done, self.failing = 0, False, False
-        self._sent: dict[tuple, float] = {}
-        self._step, self._epoch, self._metrics = -1, -1, {}
+                 add_rows: Callable[[str, list], None], window: float = WINDOW):
+        self.run_id, self.link, self.conditions, self.window = run_id, link, conditions, window
+        self.shown = f'{name} ({run_id})' if name else run_id  # how alerts name the run
+        self.notifiers, self._add_rows = notifiers(urls), add_rows
+        self.done, self._ended = False, False  # done: every alert of the run is sent and written
+        # The writer's thread only:
+        self._seq, self._written, self._sent, self._step, self._epoch, self._metrics = 0, 0, {}, -1, -1, {}
+        self._outbox: deque[AlertRow] = deque()  # from the writer's thread to the sending thread
+        self._failing = False  # the sending thread only
+        self.thread = NetworkThread(f'alerts-{run_id}', self._send_outbox, interval=1.0)
 
-    def before_write(self, rows: dict, updates: dict) -> None:
-        "Send the alerts this tick's rows trigger, and add them to the rows being written."
-        if self.done: return
-        for row in rows.get('batches', ()):
-            run_id, step, loss = row[0], row[1], row[5]
-            if run_id != self.run_id or step <= self._step: continue
-            self._step = step
-            if loss is not None and not math.isfinite(loss):
-                self._alert(rows, 'non_finite', None, f'the loss is {loss} at step {step} (epoch {row[2]})')
-        for row in rows.get('epochs', ()):
-            if row['run_id'] != self.run_id or row['epoch'] <= self._epoch: continue
-            self._epoch = row['epoch']
-            values = {'train_loss': row['train_loss'], 'valid_loss': row['valid_loss'], **json.loads(row['metrics'])}
+    def committed(self, rows: dict, updates: dict) -> None:
+        "Queue the alerts this commit's rows trigger; note those of its rows that are alerts sent."
+        self._written += sum(row.run_id == self.run_id for row in rows.get(alerts.name, ()))
+        self.done = self._ended and self._written == self._seq
+        if self._ended: return
+        for row in rows.get(batches.name, ()):
+            if row.run_id != self.run_id or row.step <= self._step: continue
+            self._step = row.step
+            if row.loss is not None and not math.isfinite(row.loss):
+                self._alert('non_finite', None, f'the loss is {row.loss} at step {row.step} (epoch {row.epoch})')
+        for row in rows.get(epochs.name, ()):
+            if row.run_id != self.run_id or row.epoch <= self._epoch: continue
+            self._epoch = row.epoch
+            values = {'train_loss': row.train_loss, 'valid_loss': row.valid_loss, **row.metrics}
             self._metrics = values
             for condition in self.conditions:
                 value = values.get(condition.metric)
                 if not isinstance(value, (int, float)) or not math.isfinite(value): continue
                 text = condition.check(float(value))
-                if text: self._alert(rows, condition.trigger, condition.metric, f'{text} after epoch {row["epoch"]}')
+                if text: self._alert(condition.trigger, condition.metric, f'{text} after epoch {row.epoch}')
         status = updates.get(self.run_id, {}).get('status')
-        if status in FINAL:
+        if status in ENDED:
             if status == 'finished':
                 shown = ', '.join(f'{k} {_number(v)}' for k, v in self._metrics.items() if isinstance(v, (int, float))
                                   or v is None)
-                self._alert(rows, 'finished', None, f'finished after {self._epoch + 1} epochs'
+                self._alert('finished', None, f'finished after {self._epoch + 1} epochs'
                             + (f': {shown}' if shown else ''))
             else:
                 error = updates[self.run_id].get('error') or 'no error recorded'
-                self._alert(rows, 'failed', None, f'{status}: {error}')
-            self.done = True
+                self._alert('failed', None, f'{status}: {error}')
+            self._ended = True
+        if self._outbox or self._ended: self.thread.wake()
 
-    def _alert(self, rows: dict, trigger: str, metric: str | None, text: str) -> None:
-        "Send one alert unless the same was sent within the window, and add it to the rows."
+    def _alert(self, trigger: str, metric: str | None, text: str) -> None:
+        "Queue one alert unless the same was sent within the window."
         now, key = time.time(), (trigger, metric)
         if now - self._sent.get(key, float('-inf')) < self.window: return
         self._sent[key] = now
-        name = f'{self.name} ({self.run_id})' if self.name else self.run_id
-        title = f'fastwatch: run {name} {trigger.replace("_", " ")}'
-        message = f'Run {name}: {text}\n{self.link}'
-        delivered = self._send(title, message)
-        rows.setdefault('alerts', []).append({'run_id': self.run_id, 'seq': self.seq, 'time': now, 'trigger': trigger,
-                               'message': message, 'delivered': delivered})
-        self.seq += 1
+        self._outbox.append(AlertRow(run_id=self.run_id, seq=self._seq, time=now, trigger=trigger,
+                                     message=f'Run {self.shown}: {text}\n{self.link}', delivered=None))
+        self._seq += 1
+
+    def _send_outbox(self, final: bool) -> bool:
+        "Send what is queued (the sending thread); True once the run's end is sent."
+        ended, sent = self._ended, []
+        while self._outbox:
+            alert = self._outbox.popleft()
+            title = f'fastwatch: run {self.shown} {alert.trigger.replace("_", " ")}'
+            sent.append(alert._replace(delivered=self._send(title, alert.message)))
+        if sent: self._add_rows(alerts.name, sent)
+        return ended and not self._outbox
 
     def _send(self, title: str, body: str) -> bool:
         "True when at least one notifier took the alert; the first failure is one warning."
@@ -168,8 +186,11 @@ class Alerts:
         for notifier in self.notifiers:
             try: results.append(bool(notifier.notify(body=body, title=title)))
             except Exception: results.append(False)
-        if not all(results) and not self.failing:
-            self.failing = True
+        if not all(results) and not self._failing:
+            self._failing = True
             warnings.warn(f'fastwatch: could not send an alert about run {self.run_id} through '
                           f'{results.count(False)} of {len(results)} notifiers; training goes on.', RuntimeWarning)
         return any(results)
+
+    def finish(self, timeout: float) -> bool:
+        return self.thread.finish(timeout)

@@ -26,5 +26,5 @@ def thumbnail_png(pixels: np.ndarray, size: int = 128) -> bytes:
         scale = size / max(image.size)
         image = image.resize(tuple(max(1, round(side * scale)) for side in image.size), Image.Resampling.LANCZOS)
     out = io.BytesIO()
-    image.save(out, format='PNG', compress_level=1)  # half the time of the default level, a few % larger
+    image.save(out, format='PNG', compress_level=1)  # much faster than the default level, hardly larger
     return out.getvalue()

@@ -26,7 +26,7 @@ from fastai.torch_core import TensorImageBase, to_device
 from .thumbnails import thumbnail_png, to_pixels
 
 MAX_TEXT = 200
-PENDING_VALUES = 1 << 22  # scores (items x classes) held before they are reduced to per-item values: 16 MB of float32
+PENDING_VALUES = 1 << 22  # scores (items x classes) held before they are reduced to per-item values
 
 
 def class_targets(pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor | None:

@@ -1,29 +1,31 @@
 """The background writer: the training thread hands it rows in O(1); a thread writes them to the store in batches.
 
 Monitoring must never break or slow training, so a store that fails (unwritable, locked, disk full, server down)
-costs one warning: rows of every kind stay buffered (up to a bound per table, the oldest dropped first and counted
-in the run's `lost_rows`) and are retried with backoff, and once more for up to `EXIT_WAIT` s at process exit.
+costs one warning: rows of every run table stay buffered (up to the table's bound, `store.tables`, the oldest
+dropped first and counted in the run's `lost_rows`) and are retried with backoff, and once more for up to
+`EXIT_WAIT` s at process exit. The writer does no network work of its own: listeners (publishing, alerts) see what
+each commit wrote, in this thread, and do their network work on threads of their own (`network.py`).
 """
 from __future__ import annotations
 
 import atexit
-import json
 import sys
 import threading
 import time
 import warnings
 from collections import defaultdict, deque
 from collections.abc import Callable
+from typing import Protocol
 
-import numpy as np
 import torch
 from sqlalchemy import event
 
-from ..store import HEARTBEAT_SECONDS, Store, display_location, hide_password, open_store, schema, store_url
-from ..store.downsample import summarise
-from ..store.store import unavailable
+from ..store import HEARTBEAT_SECONDS, RunRecord, Store, display_location, hide_password, open_store, store_url
+from ..store.store import RUNS, unavailable
+from ..store.tables import RUN_TABLES, BatchRow, batches
 
 EXIT_WAIT = 10.0  # seconds the process's exit waits for the last rows to be written, even to a failing store
+FLUSH_EVERY = 0.5  # seconds between writes: at most what a killed process loses
 # Retries of a failing store back off from 1 s to this: a store that comes back gets its rows within seconds.
 MAX_RETRY_SECONDS = 4.0
 # How long a write waits for another process's lock on a SQLite store before it counts as failing: a writer thread
@@ -34,10 +36,18 @@ SQLITE_LOCK_WAIT_MS = 2000
 Probe = Callable[[], 'tuple[str, str | None] | None']
 
 
+class Listener(Protocol):
+    "What the writer tells of each commit: `committed` runs in the writer's thread, so it must not wait on anything."
+    done: bool
+
+    def committed(self, rows: dict[str, list], updates: dict[str, dict]) -> None: ...
+    def finish(self, timeout: float) -> bool: ...
+
+
 def _number(value) -> float | None:
     "A float from a Python number or a one-element tensor (converted here, off the training thread)."
     if value is None or type(value) is float: return value
-    with torch._C.DisableTorchFunctionSubclass(): return float(value)  # a fastai tensor subclass reads 10x slower
+    with torch._C.DisableTorchFunctionSubclass(): return float(value)  # fastai's tensor subclasses read slowly
 
 
 def exit_outcome(exc: BaseException | None, unknown: tuple[str, str]) -> tuple[str, str]:
@@ -61,14 +71,13 @@ class Writer:
             if writer is None or not writer._thread.is_alive(): writer = cls._writers[url] = cls(url)
         return writer
 
-    def __init__(self, url: str, flush_every: float = 0.5, max_buffered: int = 1_000_000,
-                 max_buffered_items: int = 10_000):
-        "While the store fails, at most `max_buffered` rows of each table are kept, `max_buffered_items` top losses."
+    def __init__(self, url: str, flush_every: float = FLUSH_EVERY):
+        "While the store fails, at most `bounds[table]` rows of each table are kept (default: the table's bound)."
         self.url, self.flush_every = url, flush_every
-        self.max_buffered, self.max_buffered_items = max_buffered, max_buffered_items
+        self.bounds = {name: entry.bound for name, entry in RUN_TABLES.items()}
         self.location = display_location(url)
-        # Appended by training threads, drained by the writer thread: batch rows as bare tuples, everything
-        # else as a list [kind, ...].
+        # Appended by training threads, drained by the writer thread: batch rows as they are, everything else as a
+        # list [kind, ...].
         self._queue: deque = deque()
         self._wake = threading.Event()
         self._open: dict[str, Probe | None] = {}  # runs being recorded, with their probes
@@ -77,38 +86,38 @@ class Writer:
         self._rows: dict[str, list] = defaultdict(list)
         self._updates: dict[str, dict] = defaultdict(dict)
         self._markers: list[tuple[threading.Event, bool]] = []  # (marker, whether it waits through failures)
-        self._blocks: dict[str, dict] = {}  # run id -> {level: (open block, its points, their last steps)}
         self._lost: dict[str, int] = defaultdict(int)
         self._refused_runs: set[str] = set()  # runs whose refused rows were already warned about
         self._failures, self._retry_at, self._last_beat = 0, 0.0, 0.0
         self.failing, self._failed_at = False, 0.0
-        # Objects with `before_write(rows, updates)` (alerts: may add rows to the write) and/or
-        # `after_write(rows, updates)` (publishing), called in this thread on each tick the store works; one whose
-        # `done` is true is dropped.
-        self.hooks: list = []
+        self.listeners: list[Listener] = []  # told of each commit; dropped once `done`
         self._thread = threading.Thread(target=self._loop, name='fastwatch-writer', daemon=True)
         self._thread.start()
         atexit.register(self._at_exit)
 
     # --- the training thread's API: each call only appends to a queue -------------------------------------
-    def start_run(self, run: dict, probe: Probe | None = None) -> None:
-        "Insert a new run's row and keep its heartbeat going until `end_run`."
-        self._open[run['id']] = probe
-        self._queue.append(['rows', 'runs', [run]])
+    def start_run(self, record: RunRecord, probe: Probe | None = None) -> None:
+        "Insert a new run's record and keep its heartbeat going until `end_run`."
+        self._open[record.id] = probe
+        self._queue.append(['rows', RUNS, [record]])
 
     def update_run(self, run_id: str, **fields) -> None:
-        "Change fields of a run's row."
+        "Change fields of a run's record."
         self._queue.append(['update', run_id, fields])
 
-    def add_batch(self, row: tuple) -> None:
-        "One training batch, a tuple in the batches table's column order; tensors become floats in the thread."
-        self._queue.append(row)  # a bare tuple: the per-batch path allocates nothing more
+    def add_batch(self, row: BatchRow) -> None:
+        "One training batch; its tensors become floats in the writer thread."
+        self._queue.append(row)  # as it is: the per-batch path allocates nothing more
 
-    def add_rows(self, table: str, rows: list[dict]) -> None:
-        "Rows of another table (epochs, confusion, top_losses)."
+    def add_rows(self, table: str, rows: list) -> None:
+        "Rows of a run table (`store.tables.RUN_TABLES`), each its table's `Row`."
+        entry = RUN_TABLES.get(table)
+        if entry is None: raise KeyError(f'no run table {table!r}: see fastwatch.store.tables')
+        if rows and type(rows[0]) is not entry.Row:
+            raise TypeError(f'rows of {table} are {entry.Row.__name__}s, not {type(rows[0]).__name__}s')
         self._queue.append(['rows', table, rows])
 
-    def add_later(self, make_rows: Callable[[], dict[str, list[dict]]]) -> None:
+    def add_later(self, make_rows: Callable[[], dict[str, list]]) -> None:
         "Rows that are costly to make (thumbnails): `make_rows()` runs in the writer thread."
         self._queue.append(['later', make_rows])
 
@@ -135,14 +144,18 @@ class Writer:
                 self._beat()
                 if self.failing: self._bound_buffer()
                 if time.monotonic() >= self._retry_at or any(insist for _, insist in self._markers): self._write()
+                for listener in [listener for listener in self.listeners if listener.done]:
+                    self.listeners.remove(listener)  # in place: training threads append
             except Exception as e:  # a bug here must not end the thread that keeps the buffer
                 warnings.warn(f'fastwatch: writer error: {type(e).__name__}: {e}', RuntimeWarning)
 
     def _drain(self) -> None:
         while self._queue:
             item = self._queue.popleft()
-            if type(item) is tuple:
-                self._take_batch(item)
+            if type(item) is BatchRow:
+                self._rows[batches.name].append(item._replace(
+                    loss=_number(item.loss), smooth_loss=_number(item.smooth_loss), lr=_number(item.lr),
+                    mom=_number(item.mom), lrs=None if item.lrs is None else [_number(v) for v in item.lrs]))
                 continue
             kind, *args = item
             if kind == 'rows': self._rows[args[0]].extend(args[1])
@@ -150,51 +163,6 @@ class Writer:
             elif kind == 'marker': self._markers.append(tuple(args))
             elif kind == 'later': self._take_later(args[0])
             elif kind == 'end': self._take_end(*args)
-
-    def _take_batch(self, values: tuple) -> None:
-        run_id, step, epoch, fit, frozen, loss, smooth_loss, lr, mom, wall, lrs = values
-        row = (run_id, step, epoch, fit, frozen, _number(loss), _number(smooth_loss), _number(lr), _number(mom), wall,
-               None if lrs is None else json.dumps([_number(v) for v in lrs]))
-        self._rows['batches'].append(row)
-        block, current = step // schema.BLOCK_STEPS, self._blocks.get(run_id, {}).get(0)
-        if current is not None and current[0] == block:  # the common case, kept short: one row per batch
-            current[1].append(row)
-            current[2].append(step)
-        else: self._add_to_block(run_id, 0, block, row, step)
-
-    def _add_to_block(self, run_id: str, level: int, block: int, point, last_step: int) -> None:
-        "Add a batch row (level 0) or a closed block's summary (the levels above) to the open block of its level."
-        levels = self._blocks.setdefault(run_id, {})
-        current = levels.get(level)
-        if current is not None and current[0] != block:
-            self._close_block(run_id, level)
-            current = None
-        if current is None: current = levels[level] = (block, [], [])
-        current[1].append(point)
-        current[2].append(last_step)
-
-    def _close_block(self, run_id: str, level: int) -> None:
-        "Write the summary of a level's open block, and pass it on to the level above."
-        block, points, last_steps = self._blocks[run_id].pop(level)
-        if level == 0:  # batch rows: each value is its own min and max
-            values = np.array([row[5:9] for row in points], dtype=float)  # None -> NaN
-            steps = np.broadcast_to(np.array(last_steps, dtype=float)[:, None], values.shape)
-            summary = summarise(values, steps, values, steps)
-        else:
-            points = np.stack(points)  # (blocks, series, 4)
-            summary = summarise(points[:, :, 0], points[:, :, 1], points[:, :, 2], points[:, :, 3])
-        row = {'run_id': run_id, 'level': level, 'block': block, 'last_step': last_steps[-1]}
-        for name, values in zip(schema.SUMMARISED, summary):
-            row.update({f'{name}_{field}': None if np.isnan(v) else (int(v) if field.endswith('step') else float(v))
-                        for field, v in zip(schema.SUMMARY_FIELDS, values)})
-        self._rows['batch_blocks'].append(row)
-        if level + 1 < schema.BLOCK_LEVELS:
-            self._add_to_block(run_id, level + 1, block // schema.BLOCK_FANOUT, summary, last_steps[-1])
-
-    def _close_blocks(self, run_id: str) -> None:
-        for level in range(schema.BLOCK_LEVELS):
-            if level in self._blocks.get(run_id, {}): self._close_block(run_id, level)
-        self._blocks.pop(run_id, None)
 
     def _take_later(self, make_rows: Callable) -> None:
         try: rows = make_rows()
@@ -204,7 +172,6 @@ class Writer:
         for table, table_rows in rows.items(): self._rows[table].extend(table_rows)
 
     def _take_end(self, run_id: str, status: str, error: str | None) -> None:
-        self._close_blocks(run_id)
         now = time.time()
         self._updates[run_id].update(status=status, error=error, updated_at=now, heartbeat=now)
 
@@ -222,10 +189,10 @@ class Writer:
     def _bound_buffer(self) -> None:
         "While the store fails, keep the newest rows of each table up to its bound; count the others as lost."
         for table, rows in self._rows.items():
-            if table == 'runs': continue  # one per run, and the other rows refer to it
-            excess = len(rows) - (self.max_buffered_items if table == 'top_losses' else self.max_buffered)
+            if table == RUNS: continue  # one per run, and the other rows refer to it
+            excess = len(rows) - self.bounds[table]
             if excess <= 0: continue
-            for row in rows[:excess]: self._lost[row[0] if type(row) is tuple else row['run_id']] += 1
+            for row in rows[:excess]: self._lost[row.run_id] += 1
             del rows[:excess]
 
     def _open_store(self) -> Store:
@@ -237,8 +204,6 @@ class Writer:
         return store
 
     def _write(self) -> None:
-        self._call_hooks('before_write', self._rows, self._updates)
-        written: tuple[dict, dict] = ({}, {})
         if self._rows or self._updates:
             for run_id, lost in self._lost.items(): self._updates[run_id]['lost_rows'] = lost
             try:
@@ -250,17 +215,17 @@ class Writer:
             self._recover()
             written = self._rows, self._updates
             self._rows, self._updates = defaultdict(list), defaultdict(dict)
-        self._call_hooks('after_write', *written)
+            self._tell(*written)
         for marker, _ in self._markers: marker.set()
         self._markers = []
 
-    def _call_hooks(self, method: str, rows: dict, updates: dict) -> None:
-        "Let each hook see this tick's rows; a failing hook is a warning, never a lost write."
-        for hook in list(self.hooks):
-            try: getattr(hook, method, lambda *_: None)(rows, updates)
+    def _tell(self, rows: dict, updates: dict) -> None:
+        "Tell each listener what was written; a failing listener is a warning, never a lost write."
+        for listener in list(self.listeners):
+            try: listener.committed(rows, updates)
             except Exception as e:
-                warnings.warn(f'fastwatch: {type(hook).__name__} failed: {type(e).__name__}: {e}', RuntimeWarning)
-            if getattr(hook, 'done', False): self.hooks.remove(hook)  # in place: training threads append
+                warnings.warn(f'fastwatch: {type(listener).__name__} failed: {type(e).__name__}: {e}',
+                              RuntimeWarning)
 
     def _write_rows(self) -> None:
         """Write this tick's rows in one transaction. If the database refuses it and the store itself is fine, write
@@ -268,11 +233,10 @@ class Writer:
         try: return self._store.write(self._rows, self._updates)
         except Exception as e:
             if unavailable(e): raise
-        refused = {}  # run id -> rows refused now
-        for table, row, error in self._store.write_apart(self._rows, self._updates):
-            run_id = row[0] if type(row) is tuple else row.get('run_id', row.get('id'))
+        refused = defaultdict(int)  # run id -> rows refused now
+        for table, run_id, error in self._store.write_apart(self._rows, self._updates):
             self._lost[run_id] += 1
-            refused[run_id] = refused.get(run_id, 0) + 1
+            refused[run_id] += 1
             if run_id in self._refused_runs: continue
             self._refused_runs.add(run_id)
             message = getattr(error, 'orig', None) or error  # the database's own message, without SQLAlchemy's SQL
@@ -304,11 +268,19 @@ class Writer:
         self.failing, self._failures = False, 0
 
     def _at_exit(self) -> None:
-        "Close runs still open when the interpreter exits (an uncaught exception, Ctrl-C) and write what is left."
+        """Close runs still open when the interpreter exits (an uncaught exception, Ctrl-C), write what is left, let
+        the listeners finish their network work (a last upload, the last alerts) and write what that adds: all
+        within `EXIT_WAIT` s."""
+        deadline = time.monotonic() + EXIT_WAIT
+        left = lambda: max(0.0, deadline - time.monotonic())
         status, error = exit_outcome(getattr(sys, 'last_value', None),
                                      unknown=('interrupted', 'the process exited before the fit ended'))
         for run_id in list(self._open): self.end_run(run_id, status, error)
-        if not self.flush(timeout=EXIT_WAIT, through_failures=True) and self.failing:
-            left = sum(map(len, list(self._rows.values()))) + len(self._queue)
-            warnings.warn(f'fastwatch: the store {self.location} still fails at exit: {left} rows were not written',
-                          RuntimeWarning)
+        written = self.flush(timeout=left(), through_failures=True)
+        if written and self.listeners:
+            for listener in list(self.listeners): listener.finish(left())
+            written = self.flush(timeout=left(), through_failures=True)
+        if not written and self.failing:
+            remaining = sum(map(len, list(self._rows.values()))) + len(self._queue)
+            warnings.warn(f'fastwatch: the store {self.location} still fails at exit: {remaining} rows were not '
+                          'written', RuntimeWarning)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import UsageError
+from ..links import BINDER_NOTEBOOK, FASTWATCH_REPO, binder_url, find_notebook, published_binder_url
+from ..remote.protocol import public_url
 from ..store import open_store
 from ..store.files import check_new, writing
 from ..store.snapshot import write_snapshot
-from .links import BINDER_NOTEBOOK, FASTWATCH_REPO, binder_url, find_notebook, published_binder_url
-from .publish import public_url
 
 BADGE = 'https://mybinder.org/badge_logo.svg'
 PYTHON = 'python-3.11'  # binder/runtime.txt: the Python the dashboard is tested with

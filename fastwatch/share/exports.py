@@ -32,9 +32,9 @@ def epochs_table(store: Store, run_id: str) -> tuple[list[str], list[list]]:
     """The run's epochs as fastai's Recorder logs them: columns `epoch, train_loss, valid_loss, <metrics>, time`.
     Epochs count on across the fits of one run, so both phases of `fine_tune` are there."""
     rows = store.epochs(run_id)
-    metrics = list(dict.fromkeys(name for row in rows for name in row['metrics']))
-    table = [[row['epoch'], row['train_loss'], row['valid_loss'], *[row['metrics'].get(m) for m in metrics],
-              format_duration(row['duration'])] for row in rows]
+    metrics = list(dict.fromkeys(name for row in rows for name in row.metrics))
+    table = [[row.epoch, row.train_loss, row.valid_loss, *[row.metrics.get(m) for m in metrics],
+              format_duration(row.duration)] for row in rows]
     return ['epoch', 'train_loss', 'valid_loss', *metrics, 'time'], table
 
 
@@ -112,14 +112,13 @@ def _write_events(store: Store, run_id: str, logdir: Path) -> None:
             summary = scalars('batch', {name: batches[name][i] for name in BATCH_SCALARS})
             writer.add_event(Event(wall_time=batches['time'][i], step=step, summary=summary))
         for row in store.epochs(run_id):
-            values = {'train_loss': row['train_loss'], 'valid_loss': row['valid_loss'], **row['metrics']}
-            summary = scalars('epoch', values)
-            cm = store.confusion(run_id, row['epoch'])
+            summary = scalars('epoch', {'train_loss': row.train_loss, 'valid_loss': row.valid_loss, **row.metrics})
+            cm = store.confusion(run_id, row.epoch)
             if cm is not None:
-                png, width, height = confusion_png(cm['cells'], cm['vocab'])
+                png, width, height = confusion_png(cm.cells, cm.vocab)
                 image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png)
                 summary.value.add(tag='confusion_matrix', image=image)
-            writer.add_event(Event(wall_time=row['time'], step=row['epoch'], summary=summary))
+            writer.add_event(Event(wall_time=row.time, step=row.epoch, summary=summary))
     finally:
         writer.close()
 
@@ -149,7 +148,7 @@ def export(*runs: str,  # Run ids (see `fastwatch ls`; default: every run in the
         if Output is None and format != 'snapshot' and len(runs) > 1 and not _is_run(source, runs[-1]):
             *runs, Output = runs
         if Output is None: raise UsageError('give the output with -o')
-        runs = tuple(dict.fromkeys(runs)) or tuple(run['id'] for run in source.runs())
+        runs = tuple(dict.fromkeys(runs)) or tuple(run.id for run in source.runs())
         if not runs: raise UsageError(f'{source.location} has no runs to export')
         for run_id in runs: source.run(run_id)
         WRITERS[format](source, runs, Output, force)
@@ -170,10 +169,10 @@ def import_snapshot(path: str,  # The snapshot file to merge
     fuller snapshot completes a partial one), so importing twice adds nothing."""
     source = open_store(path, readonly=True)
     try:
-        run_ids = [run['id'] for run in source.runs()]
+        run_ids = [run.id for run in source.runs()]
         dest = open_store(store)
         try:
-            known = {run['id'] for run in dest.runs()}
+            known = {run.id for run in dest.runs()}
             changed = copy_runs(source, dest, run_ids)
         finally: dest.close()
     finally: source.close()

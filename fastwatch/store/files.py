@@ -1,4 +1,5 @@
-"""Writing files (snapshots, exports, Binder files) without ever clobbering one half-way."""
+"""Store files: telling one from another file, and writing files (snapshots, exports, Binder files) without ever
+clobbering one half-way."""
 from __future__ import annotations
 
 import ctypes
@@ -10,9 +11,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import OutputError
 
 AT_FDCWD, RENAME_EXCHANGE = -100, 2  # from Linux's <fcntl.h> and <linux/fs.h>
+SQLITE_MAGIC = b'SQLite format 3\x00'  # the first bytes of every SQLite database file
+
+
+def is_sqlite(path: str | os.PathLike) -> bool:
+    "Whether the file at `path` starts as a SQLite database does (a store file, or another program's database)."
+    with open(path, 'rb') as f: return f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
 
 
 def check_new(path: Path, force: bool, directory: bool = False) -> None:
@@ -20,8 +27,8 @@ def check_new(path: Path, force: bool, directory: bool = False) -> None:
     if not path.exists(): return
     if path.is_dir() != directory:
         kind, wanted = ('a directory', 'file') if path.is_dir() else ('a file', 'directory')
-        raise UsageError(f'{path} is {kind}: give a {wanted} name')
-    if not force: raise UsageError(f'{path} exists: pass --force to replace it')
+        raise OutputError(f'{path} is {kind}: give a {wanted} name')
+    if not force: raise OutputError(f'{path} exists: pass --force to replace it')
 
 
 def exchange(a: Path, b: Path) -> bool:

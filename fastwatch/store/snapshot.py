@@ -8,13 +8,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, exc, select
 from sqlalchemy.engine import Connection
 
-from . import schema
+from ..errors import StoreError
 from .files import writing
-from .schema import runs
 from .store import Store, open_store
+from .tables import RUN_TABLES, runs
 
 COPY_CHUNK = 5000  # rows per INSERT while copying
 
@@ -25,10 +25,15 @@ def copy_runs(source: Store, dest: Store, run_ids: Sequence[str]) -> dict[str, i
     is newer; so copying twice adds nothing. Returns {run id: rows added or updated} for the runs that changed."""
     for run_id in run_ids: source.run(run_id)  # RunNotFound names the runs there are
     changed = {}
-    with source.engine.connect() as src, dest.engine.begin() as out:
-        for run_id in dict.fromkeys(run_ids):
-            added = sum(_copy_missing(src, out, table, run_id) for table in (runs, *schema.RUN_TABLES))
-            if added: changed[run_id] = added
+    try:
+        with source.engine.connect() as src, dest.engine.begin() as out:
+            for run_id in dict.fromkeys(run_ids):
+                added = sum(_copy_missing(src, out, table, run_id)
+                            for table in (runs, *(entry.table for entry in RUN_TABLES.values())))
+                if added: changed[run_id] = added
+    except exc.SQLAlchemyError as e:  # rows the destination refuses (a damaged snapshot's): nothing was copied
+        reason = str(getattr(e, 'orig', None) or e).splitlines()[0]
+        raise StoreError(f'cannot copy runs from {source.location} into {dest.location}: {reason}') from None
     return changed
 
 

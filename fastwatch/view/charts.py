@@ -30,7 +30,7 @@ def _figure(title: str, x_label: str, y_label: str, **kwargs) -> figure:
 
 def _hover(renderer, tooltips: list[tuple[str, str]]) -> HoverTool:
     """Hover for one renderer, always on and without a toolbar button: the button (a menu of a chart's hover tools)
-    took 0.15 s of the dashboard's first render."""
+    is slow to build and lengthens the dashboard's first render."""
     return HoverTool(renderers=[renderer], tooltips=tooltips, visible=False)
 
 

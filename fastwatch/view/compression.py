@@ -1,8 +1,8 @@
 """Gzip for the dashboard server that compresses each static file once per server, not once per page view.
 
-A first page view fetches about 95 scripts and stylesheets (Voila's front end, its extensions, BokehJS): 6.2 MB,
-which tornado's own `compress_response` compresses again for every visitor, in the server's only thread, while
-the page waits for them. Static files carry an ETag (a hash of their content), so their compressed form is kept.
+A first page view fetches many scripts and stylesheets (Voila's front end, its extensions, BokehJS), which
+tornado's own `compress_response` compresses again for every visitor, in the server's only thread, while the page
+waits for them (the README's dashboard figures say how much). Static files carry an ETag (a hash of their content), so their compressed form is kept.
 """
 from __future__ import annotations
 

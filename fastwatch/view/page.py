@@ -22,25 +22,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import parse_qs
 
-from ..errors import StoreError
+from ..errors import QueryError, StoreError
+from ..remote.fetch import fetch, shown
+from ..remote.protocol import follow, is_published
 from ..store import Store, display_location, open_store
-from .fetch import fetch, shown
-from .remote import follow, is_published
+from ..store.files import is_sqlite
+from ..store.records import RUN_ID
 
 PARAMETERS = ('run', 'store')
 VOILA_PARAMETERS = ('token', 'template', 'theme')  # Voila's own, not the dashboard's
 MAX_DOWNLOAD = 256 * 2**20
 MAX_QUERY = 4096
-RUN_ID = re.compile(r'[A-Za-z0-9_-]{1,64}')
 SCHEME = re.compile(r'[A-Za-z][A-Za-z0-9+.-]*:')  # file:, data:, javascript:, ...: a URL, not a path
 REMOTE_TIMEOUT = 30  # seconds for a whole download, however slowly its server sends it
 DOWNLOADS_ENV = 'FASTWATCH_DOWNLOADS'
-SQLITE_MAGIC = b'SQLite format 3\x00'
 _own_downloads: Path | None = None  # this kernel's downloads folder, when `fastwatch serve` gave it none
-
-
-class QueryError(ValueError):
-    "A query string the dashboard cannot follow; the message says what it takes."
 
 
 def parse_query(query: str | None) -> dict[str, str]:
@@ -66,7 +62,8 @@ def parse_query(query: str | None) -> dict[str, str]:
 
 def _request_info(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The page's request (its query string, host, ...) as Voila sends it to the preheated kernel a page takes:
-    `voila.utils.wait_for_request` without importing voila, which brings the Jupyter server (40 MB) into the kernel."""
+    `voila.utils.wait_for_request` without importing voila, which would bring the whole Jupyter server into the
+    kernel."""
     from tornado.websocket import websocket_connect  # tornado is loaded in a kernel already
     base = environ.get('VOILA_WS_BASE_URL') or environ.get('VOILA_SERVER_URL', '/')
     url = (f"{environ.get('VOILA_WS_PROTOCOL', 'ws')}://{environ.get('VOILA_APP_IP', '127.0.0.1')}:"
@@ -155,9 +152,7 @@ def _remote(url: str) -> Store:
     "A store fetched from an https URL into this kernel's downloads folder, deleted when the kernel exits."
     path = fetch(url, downloads_dir(), max_bytes=MAX_DOWNLOAD, timeout=REMOTE_TIMEOUT).path
     try:
-        with path.open('rb') as f:
-            if f.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
-                raise StoreError(f'{shown(url)} is not a fastwatch store (not SQLite)')
+        if not is_sqlite(path): raise StoreError(f'{shown(url)} is not a fastwatch store (not SQLite)')
         store = _opened(path, shown(url))
     except StoreError:
         _discard(path)
@@ -184,7 +179,5 @@ def open_view_store(store: str | None = None) -> Store:
         available = store_files(root)
         raise StoreError(f'no store file {_short(store)} in the served folder; '
                          + (f"stores: {', '.join(available)}" if available else 'it has no store files'))
-    with path.open('rb') as f:
-        if f.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
-            raise StoreError(f'{_short(store)} is not a fastwatch store (not SQLite)')
+    if not is_sqlite(path): raise StoreError(f'{_short(store)} is not a fastwatch store (not SQLite)')
     return _opened(path, _short(store))

@@ -23,18 +23,18 @@ from voila.app import Voila
 from voila.shutdown_kernel_handler import VoilaShutdownKernelHandler
 
 from ..errors import StoreError, UsageError
-from ..share.links import local_url
+from ..links import local_url
+from ..remote.fetch import ALLOW_PRIVATE_ENV
 from ..store import display_location, open_store, store_url
 from .compression import CachedGzip
-from .fetch import ALLOW_PRIVATE_ENV
 from .page import DOWNLOADS_ENV
 
 APP = Path(__file__).parent / 'app' / 'dashboard.ipynb'
 BOKEHJS = bokehjs_path()  # BokehJS's own files: js/bokeh.min.js
-IDLE_KERNEL_SECONDS = 1800  # Voila culls a viewer's kernel idle this long (once its live loop has stopped)
+IDLE_KERNEL_SECONDS = 1800  # Voila culls a kernel idle this long with no page connected (its page went away)
 PREHEATED_KERNELS = 2  # kernels that have run the notebook up to the page's query, waiting for the next pages
 # A new preheated kernel is started this long after a page takes one, once that page has loaded: starting a kernel
-# takes a CPU core for about 1.5 s; on 2 cores, starting it at once made the page's first render 2.9 s, not 2.1 s.
+# keeps a CPU core busy, which the page being rendered needs on a small machine (benchmarks/bench_dashboard.py).
 REFILL_DELAY_SECONDS = 3
 
 

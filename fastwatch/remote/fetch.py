@@ -21,16 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
-from ..errors import StoreError
+from ..errors import FetchError
 
 ALLOW_PRIVATE_ENV = 'FASTWATCH_ALLOW_PRIVATE_URLS'
 MAX_REDIRECTS = 5
 CHUNK = 64 * 1024
 REDIRECTS = (301, 302, 303, 307, 308)
-
-
-class FetchError(StoreError):
-    "A URL that is refused, or a download that failed; the message names the URL's host, never what it answered."
 
 
 @dataclass(frozen=True)
@@ -142,7 +138,7 @@ def fetch(url: str, dest_dir: str | os.PathLike, *, max_bytes: int, timeout: flo
     """Download the https `url` into a new file in `dest_dir`, within `timeout` seconds in all and `max_bytes`.
     With `etag` or `last_modified` (from an earlier `FetchResult`) the request is conditional, and a 304 gives a
     result whose `path` is None. `private` allows loopback and private hosts (default: `allow_private()`).
-    Raises `FetchError` (a `StoreError`) with a one-line message."""
+    Raises `FetchError` with a one-line message."""
     private = allow_private() if private is None else private
     where, deadline = shown(url), time.monotonic() + timeout
     try: return _fetch(url, Path(dest_dir), max_bytes, deadline, private, etag, last_modified)

@@ -1,0 +1,100 @@
+"""The block-summary pyramid: min/max summaries of consecutive batch rows, so that a long run is drawn from a few
+thousand summaries instead of every row (`Store.batches_downsampled`).
+
+A level-0 block summarises BLOCK_STEPS consecutive steps; a level-L block summarises BLOCK_FANOUT blocks of level
+L - 1. A block closes with the row that completes it (or when a later block's row comes first, after rows were lost,
+or when its run ends), and a parent closes with its last child: every block is written in the same transaction as
+the batch row that closed it, so `last_step` orders the `batch_blocks` rows as publishers and followers read them.
+`Store.write` runs the pyramid: the writer hands it batch rows, never blocks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .downsample import summarise
+from .tables import SUMMARISED, SUMMARY_FIELDS, BlockRow
+
+BLOCK_STEPS, BLOCK_FANOUT, BLOCK_LEVELS = 64, 4, 4
+
+
+def block_span(level: int) -> int:
+    "How many steps a block of `level` covers."
+    return BLOCK_STEPS * BLOCK_FANOUT ** level
+
+
+@dataclass
+class OpenBlock:
+    "A block still taking points: batch values (level 0) or its children's summaries, and each one's last step."
+    block: int
+    points: list = field(default_factory=list)
+    last_steps: list = field(default_factory=list)
+
+    def copy(self) -> OpenBlock: return OpenBlock(self.block, list(self.points), list(self.last_steps))
+
+
+class Pyramid:
+    """The open blocks of each run. `add` works on a copy and returns the rows it closes with the state after them;
+    `keep` that state once those rows are written: a failed write leaves the pyramid as it was."""
+
+    def __init__(self):
+        self.open: dict[str, dict[int, OpenBlock]] = {}
+
+    def add(self, batch_rows, ended_runs=()) -> tuple[list[BlockRow], dict]:
+        "The block rows that `batch_rows` (in step order per run) and the end of `ended_runs` close."
+        state, closed = {}, []
+        def levels(run_id: str) -> dict[int, OpenBlock]:
+            if run_id not in state:
+                state[run_id] = {level: block.copy() for level, block in self.open.get(run_id, {}).items()}
+            return state[run_id]
+        for row in batch_rows:
+            values = tuple(getattr(row, name) for name in SUMMARISED)
+            _add(levels(row.run_id), row.run_id, 0, row.step, values, row.step, closed)
+        for run_id in ended_runs:
+            open_levels = levels(run_id)
+            for level in range(BLOCK_LEVELS):
+                if level in open_levels: _close(open_levels, run_id, level, closed)
+        return closed, state
+
+    def keep(self, state: dict) -> None:
+        "Keep the state `add` returned, once its rows are written; an ended run's entry goes."
+        for run_id, levels in state.items():
+            if levels: self.open[run_id] = levels
+            else: self.open.pop(run_id, None)
+
+
+def _add(levels: dict[int, OpenBlock], run_id: str, level: int, index: int, point, last_step: int,
+         closed: list) -> None:
+    """Add a point to the open block of `level`: a batch row's values at step `index` (level 0), or the summary of
+    the closed child block `index` (the levels above). The block closes when the point completes it."""
+    per_block = BLOCK_STEPS if level == 0 else BLOCK_FANOUT
+    block = index // per_block
+    current = levels.get(level)
+    if current is not None and current.block != block:  # rows were lost: the open block ends here
+        _close(levels, run_id, level, closed)
+        current = None
+    if current is None: current = levels[level] = OpenBlock(block)
+    current.points.append(point)
+    current.last_steps.append(last_step)
+    if index % per_block == per_block - 1: _close(levels, run_id, level, closed)
+
+
+def _close(levels: dict[int, OpenBlock], run_id: str, level: int, closed: list) -> None:
+    "Write the summary of a level's open block, and pass it on to the level above."
+    current = levels.pop(level)
+    if level == 0:  # batch values: each is its own min and max
+        values = np.array(current.points, dtype=float)  # None -> NaN
+        steps = np.broadcast_to(np.array(current.last_steps, dtype=float)[:, None], values.shape)
+        summary = summarise(values, steps, values, steps)
+    else:
+        points = np.stack(current.points)  # (blocks, series, 4)
+        summary = summarise(points[:, :, 0], points[:, :, 1], points[:, :, 2], points[:, :, 3])
+    columns = {}
+    for name, values in zip(SUMMARISED, summary):
+        columns.update({f'{name}_{part}': None if np.isnan(v) else (int(v) if part.endswith('step') else float(v))
+                        for part, v in zip(SUMMARY_FIELDS, values)})
+    closed.append(BlockRow(run_id=run_id, level=level, block=current.block, last_step=current.last_steps[-1],
+                           **columns))
+    if level + 1 < BLOCK_LEVELS:
+        _add(levels, run_id, level + 1, current.block, summary, current.last_steps[-1], closed)

@@ -1,0 +1,112 @@
+"""What a dashboard knows of a store, and what is new in it since: `RunFeed` for one run (its record, batch
+series, epochs, alerts), `RunsFeed` for the store's list of runs. Each keeps its cursors, so that a poll reads only
+what is new, one query a table; `RunsFeed` looks at a store where nothing runs with one cheap query.
+
+Feeds only read (they are called away from the kernel's event loop, `reads.py`); panels render what they return.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..store import RunRecord, Store
+from ..store.tables import AlertRow, BatchRow, EpochRow
+
+MAX_POINTS = 2000  # points per series sent to the browser; more are downsampled (min/max buckets)
+FOLLOWED_STATES = ('live', 'stale')  # states in which a run may still change
+
+
+def fit_spans(epochs: list[EpochRow], last: BatchRow | None) -> list[dict]:
+    """The step range of each fit (fine_tune: frozen body, then unfrozen) from the finished epochs and the latest
+    batch row: `[{'fit', 'frozen', 'start', 'end'}]`."""
+    spans: dict[int, dict] = {}
+    end = -1
+    for row in [*epochs, *([last] if last else [])]:
+        span = spans.setdefault(row.fit, {'fit': row.fit, 'frozen': bool(row.frozen), 'start': end + 1})
+        span['end'] = end = max(end, row.step)
+    return list(spans.values())
+
+
+@dataclass
+class RunUpdate:
+    """What came of a run since the last read: its record, new batch rows (as columns), new epochs and alerts.
+    `reload`: so many batch rows came that the charts should take a fresh snapshot instead."""
+    run: RunRecord
+    batches: dict[str, list] = field(default_factory=dict)
+    epochs: list[EpochRow] = field(default_factory=list)
+    alerts: list[AlertRow] = field(default_factory=list)
+    changed: bool = False  # the record's state or update time changed
+    reload: bool = False
+
+    @property
+    def new(self) -> bool:
+        "Whether anything came."
+        return bool(self.changed or self.reload or self.batches.get('step') or self.epochs or self.alerts)
+
+
+class RunFeed:
+    """One run as the dashboard shows it: `snapshot()` reads it whole (series downsampled), `poll()` what came
+    since. It keeps the run's record, every epoch and alert, and the latest batch row."""
+
+    def __init__(self, store: Store, run_id: str, max_points: int = MAX_POINTS):
+        self.store, self.run_id, self.max_points = store, run_id, max_points
+        self.cursor: int | None = None  # last batch step read
+        self.epochs: list[EpochRow] = []
+        self.alerts: list[AlertRow] = []
+        self.last: BatchRow | None = None  # the latest batch row
+        self.run: RunRecord = store.run(run_id)
+
+    @property
+    def followed(self) -> bool:
+        "Whether the run may still change."
+        return self.run.state in FOLLOWED_STATES
+
+    def snapshot(self) -> dict:
+        "`{'series': {name: {'x', 'y'}}, 'epochs', 'spans'}` with each series at most about `max_points` long."
+        self.run = self.store.run(self.run_id)
+        down = self.store.batches_downsampled(self.run_id, n=self.max_points)
+        self.cursor = down['cursor']
+        self.epochs = self.store.epochs(self.run_id)
+        self.alerts = self.store.alerts(self.run_id)
+        self.last = self.store.last_batch(self.run_id)
+        series = {name: {'x': points['step'], 'y': points['value']} for name, points in down['series'].items()}
+        return {'series': series, 'epochs': self.epochs, 'spans': self.spans()}
+
+    def spans(self) -> list[dict]: return fit_spans(self.epochs, self.last)
+
+    def poll(self) -> RunUpdate:
+        "What is new since the last snapshot or poll (`RunUpdate.new` says whether anything is)."
+        before, self.run = self.run, self.store.run(self.run_id)
+        update = RunUpdate(self.run, changed=(self.run.state, self.run.updated_at) != (before.state, before.updated_at))
+        batches = self.store.batches(self.run_id, since=self.cursor)
+        if len(batches['step']) > self.max_points:
+            update.reload = True
+            return update
+        if batches['step']:
+            self.cursor = batches['step'][-1]
+            self.last = BatchRow(self.run_id, *(values[-1] for values in batches.values()))
+            update.batches = batches
+        update.epochs = self.store.epochs(self.run_id, since=self.epochs[-1].epoch if self.epochs else None)
+        update.alerts = self.store.alerts(self.run_id, since=self.alerts[-1].seq if self.alerts else None)
+        self.epochs += update.epochs
+        self.alerts += update.alerts
+        return update
+
+
+class RunsFeed:
+    """The store's runs, newest first, kept current: `poll()` reads them again when one cheap query says something
+    changed (a run added, a record updated), or while a run may still change (a live run's state also changes
+    when its heartbeat stops)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.version = store.runs_version()
+        self.runs: list[RunRecord] = store.runs()
+
+    def poll(self) -> bool:
+        "Read the runs again if they may have changed; True if they did (`runs` holds them)."
+        version = self.store.runs_version()
+        if version == self.version and not any(run.state in FOLLOWED_STATES for run in self.runs): return False
+        runs, self.version = self.store.runs(), version
+        changed = [(r.id, r.state, r.name) for r in runs] != [(r.id, r.state, r.name) for r in self.runs]
+        self.runs = runs
+        return changed

@@ -1,0 +1,109 @@
+"""The charts of the shown runs, in a grid: one entry of `CHARTS` a chart (a metric's entry makes one chart for
+each metric the run logged), each saying how to draw itself and which series of a run's batches and epochs it shows.
+Overlaid runs are drawn on the same charts."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import ipywidgets as widgets
+from jupyter_bokeh import BokehModel
+
+from ...store.tables import EpochRow
+from ..charts import Layer, LossChart, SeriesChart
+from ..feed import RunUpdate
+from .run_list import GRID
+
+Series = dict[str, dict]  # {name: {'x': [...], 'y': [...]}}
+Labels = list[tuple[str, str]]  # (run id, label) of each run drawn: the shown run first
+
+
+class ChartWidget(BokehModel):
+    "A bokeh chart as a widget. jupyter_bokeh's `close` fails when called again (as garbage collection does)."
+
+    def close(self) -> None:
+        if self.comm is not None: super().close()
+
+
+def per_epoch(epochs: list[EpochRow], x: str, value: Callable[[EpochRow], object]) -> dict:
+    "A layer of one point an epoch: x from the epoch's column `x`, y from `value(epoch)`."
+    return {'x': [getattr(e, x) for e in epochs], 'y': [value(e) for e in epochs]}
+
+
+@dataclass(frozen=True)
+class ChartSpec:
+    """One chart: `make(labels)` draws it for the runs shown, `data(series, epochs)` gives its layers
+    (`{layer: {'x', 'y'}}`) from a run's batch series and epochs (all of them, or those new since)."""
+    key: str
+    make: Callable[[Labels], SeriesChart]
+    data: Callable[[Series, list[EpochRow]], dict[str, dict]]
+
+
+def metric_chart(name: str) -> ChartSpec:
+    "The chart of one metric the run logged, a point an epoch."
+    return ChartSpec(f'metric:{name}',
+                     lambda labels: SeriesChart(name, 'epoch', name, [Layer('value', name, 'points')], labels),
+                     lambda series, epochs: {'value': per_epoch(epochs, 'epoch', lambda e: e.metrics.get(name))})
+
+
+LOSS = ChartSpec('loss', LossChart, lambda series, epochs: {
+    'loss': series['loss'], 'smooth_loss': series['smooth_loss'],
+    'valid_loss': per_epoch(epochs, 'step', lambda e: e.valid_loss)})
+LEARNING_RATE = ChartSpec(
+    'lr', lambda labels: SeriesChart('Learning rate', 'step', 'lr', [Layer('lr', 'lr', fmt='{0.00e+0}')], labels),
+    lambda series, epochs: {'lr': series['lr']})
+DURATION = ChartSpec(
+    'duration',
+    lambda labels: SeriesChart('Epoch duration', 'epoch', 'seconds', [Layer('duration', 'seconds', 'bars', '{0.0}')],
+                               labels),
+    lambda series, epochs: {'duration': per_epoch(epochs, 'epoch', lambda e: e.duration)})
+METRICS = 'metrics'  # where the metrics' charts go in CHARTS
+CHARTS = (LOSS, METRICS, LEARNING_RATE, DURATION)
+
+
+def charts_for(metric_names: list[str]) -> list[ChartSpec]:
+    "The charts of a run that logged `metric_names`, in `CHARTS`' order."
+    return [spec for entry in CHARTS
+            for spec in ([metric_chart(name) for name in metric_names] if entry == METRICS else [entry])]
+
+
+NO_BATCHES = {'step': [], 'loss': [], 'smooth_loss': [], 'lr': []}
+
+
+def batch_series(batches: dict[str, list]) -> Series:
+    "Batch rows (`Store.batches` columns) as the series the charts take."
+    return {name: {'x': batches['step'], 'y': batches[name]} for name in ('loss', 'smooth_loss', 'lr')}
+
+
+class ChartGrid:
+    "The charts of the shown run and the runs overlaid on it."
+    css = ''
+
+    def __init__(self):
+        self.widget = widgets.Box(layout=GRID)
+        self.specs: list[ChartSpec] = []
+        self.charts: dict[str, SeriesChart] = {}
+
+    def show(self, labels: Labels, snapshots: dict[str, dict], metric_names: list[str]) -> None:
+        "Draw new charts for the runs of `labels`, from each run's `RunFeed.snapshot()`."
+        for model in self.widget.children: model.close()
+        self.specs = charts_for(metric_names)
+        self.charts = {spec.key: spec.make(labels) for spec in self.specs}
+        for run_id, snapshot in snapshots.items(): self.load(run_id, snapshot, shaded=run_id == labels[0][0])
+        self.widget.children = [ChartWidget(chart.fig, layout=widgets.Layout(width='100%', min_width='0'))
+                                for chart in self.charts.values()]
+
+    def load(self, run_id: str, snapshot: dict, shaded: bool) -> None:
+        "Replace a run's data by a snapshot; `shaded`: the shown run, whose fits shade the loss chart."
+        for spec in self.specs: self.charts[spec.key].load(run_id, spec.data(snapshot['series'], snapshot['epochs']))
+        if shaded: self.charts[LOSS.key].shade(snapshot['spans'])
+
+    def extend(self, run_id: str, update: RunUpdate, spans: list[dict] | None) -> None:
+        "Add what a poll read of a run; `spans`: the shown run's fits, to shade."
+        series = batch_series(update.batches or NO_BATCHES)
+        for spec in self.specs: self.charts[spec.key].extend(run_id, spec.data(series, update.epochs))
+        if spans is not None: self.charts[LOSS.key].shade(spans)
+
+    def points(self, run_id: str, key: str = 'loss') -> int:
+        "How many points a run's layer of the loss chart holds (`key`)."
+        return self.charts[LOSS.key].points(run_id, key)

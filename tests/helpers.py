@@ -1,0 +1,78 @@
+"""Helpers the tests share (fixtures are in conftest.py): a short real training, waiting for a condition, and
+synthetic runs written through the real background writer."""
+from __future__ import annotations
+
+import time
+
+
+def train(dls, store, epochs: int = 1, extra_cbs=(), **callback_kwargs):
+    "`fine_tune(epochs)` a small CNN on the digits with a `WatchCallback`; returns the learner."
+    from fastwatch import WatchCallback
+    from fastwatch.demo.digits import digits_learner
+    learn = digits_learner(dls, cbs=[WatchCallback(store=store, **callback_kwargs), *extra_cbs])
+    with learn.no_bar(), learn.no_logging(): learn.fine_tune(epochs, base_lr=1e-2)
+    return learn
+
+
+def wait_for(condition, timeout: float = 60.0):
+    "Poll `condition()` until it returns something truthy and return that; fail after `timeout` seconds."
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        assert time.monotonic() < deadline, f'not true after {timeout} s'
+        time.sleep(0.1)
+    return found
+
+
+def start_synthetic_run(writer, run_id: str, name: str | None = None) -> None:
+    "Start a run with no training behind it on a `Writer`: tests and benchmarks then add rows as they like."
+    from fastwatch.store import RunInfo, RunRecord
+    writer.start_run(RunRecord.new(run_id, name, RunInfo(), {}, None, time.time()))
+
+
+def batch_row(run_id: str, step: int, loss: float = 1.0, epoch: int = 0, smooth_loss: float | None = None,
+              lr: float = 1e-3):
+    "A batch row of a synthetic run."
+    from fastwatch.store.tables import BatchRow
+    return BatchRow(run_id, step, epoch, 0, False, loss, loss if smooth_loss is None else smooth_loss, lr, 0.9,
+                    time.time(), None)
+
+
+def add_empty_run(location, run_id: str) -> None:
+    "Record a finished run with no rows into the store at `location`, beside what it has."
+    from fastwatch import open_store
+    from fastwatch.store import RunRecord
+    store = open_store(location)
+    store.write({'runs': [RunRecord(run_id, None, 'finished', 1.0, 1.0, 1.0)]})
+    store.close()
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    "Run `fastwatch ARGV...` in-process: exit status, stdout, stderr."
+    from fastwatch.cli import run_command
+    status = run_command(argv[0], list(argv[1:]))
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def hashes(folder) -> dict[str, str]:
+    "Every file under `folder` (links not followed) and its sha256."
+    import hashlib
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob('*')) if p.is_file() and not p.is_symlink()}
+
+
+def changes(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """Files changed, removed or added, but for SQLite's shared-memory index (`-shm`, rewritten by every reader of
+    a WAL-mode database) and the empty `-wal` such a reader makes."""
+    import hashlib
+    empty = hashlib.sha256(b'').hexdigest()
+    return [name for name in sorted(set(before) | set(after)) if before.get(name) != after.get(name) and not (
+        name.endswith('-shm') or (name not in before and name.endswith('-wal') and after[name] == empty))]
+
+
+def send(handler, body: bytes, status: int = 200, **headers: str) -> None:
+    "Answer an HTTP request (`BaseHTTPRequestHandler`) with `body`."
+    handler.send_response(status)
+    for name, value in {'Content-Length': str(len(body)), **headers}.items(): handler.send_header(name, value)
+    handler.end_headers()
+    handler.wfile.write(body)

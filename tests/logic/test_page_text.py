@@ -1,0 +1,94 @@
+"""What the dashboard's panels say, from typed rows: header, alerts, gallery, pairs, charts' data and the follow
+policy's loop. No store, server or browser."""
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from fastwatch.store.confusion import cells_of
+from fastwatch.store.records import FitInfo, RunInfo, RunRecord
+from fastwatch.store.tables import AlertRow, BatchRow, EpochRow, TopLossRow
+from fastwatch.view.charts import most_confused
+from fastwatch.view.feed import fit_spans
+from fastwatch.view.follow import follow
+from fastwatch.view.panels.chart_grid import LOSS, charts_for
+from fastwatch.view.panels.epoch_panel import gallery_html, pairs_html
+from fastwatch.view.panels.header import alerts_html, header_html
+
+INFO = RunInfo(planned_epochs=3, fits=[FitInfo(0, 1, frozen=True), FitInfo(1, 2)])
+EPOCHS = [EpochRow('r', 0, 0, True, 9, 1.0, 0.9, {'error_rate': 0.3}, 2.0, 100.0)]
+
+
+def run(state: str = 'live', **fields) -> RunRecord:
+    return RunRecord('r', '<b>name</b>', 'running' if state == 'live' else state, 90.0, 100.0, 100.0, INFO,
+                     state=state, **fields)
+
+
+def test_the_header_of_a_live_run_says_its_epoch_phase_and_elapsed_time():
+    last = BatchRow('r', 12, 1, 1, False, 0.5, 0.6, 1e-3, 0.9, 105.0, None)
+    text = header_html(run(), EPOCHS, last, now=150.0)
+    assert 'epoch 2 of 3' in text and 'phase unfrozen (fit 2 of 2)' in text and 'elapsed 01:00' in text
+    assert '&lt;b&gt;name&lt;/b&gt;' in text and "fw-state fw-live'>live<" in text
+
+
+def test_the_header_of_an_ended_run_says_how_it_ended():
+    text = header_html(run('failed', error='RuntimeError: <boom>'), EPOCHS, None, now=500.0)
+    assert 'epoch 1 of 3' in text and 'phase —' in text and 'elapsed 00:10' in text
+    assert "fw-state fw-failed'>failed<" in text and 'RuntimeError: &lt;boom&gt;' in text
+    followed = header_html(run('stale', published_age=75.0), EPOCHS, None)
+    assert 'fw-stale' in followed and 'published data 01:15 old' in followed
+
+
+def test_alerts_are_listed_newest_first_and_undelivered_ones_say_so():
+    alerts = [AlertRow('r', 0, 0.0, 'threshold', 'Run r: first\nlink', True),
+              AlertRow('r', 1, 1.0, 'finished', 'Run r: <second>\nlink', False)]
+    text = alerts_html(alerts)
+    assert text.index('&lt;second&gt;') < text.index('first') and text.count('(not delivered)') == 1
+    assert 'link' not in text and alerts_html([]) == ''
+
+
+def test_the_gallery_and_the_pairs_escape_names_and_show_nan():
+    item = TopLossRow('r', 0, 0, 7, '<x>.png', '<a>', 'b', None, float('nan'), None, None, 'some text')
+    text = gallery_html([item])
+    assert '&lt;a&gt;' in text and 'loss nan' in text and 'p nan' in text and '<pre' in text
+    assert 'No top losses' in gallery_html([]) and '&lt;c&gt;' in pairs_html([('<c>', 'd', 2)])
+
+
+def test_most_confused():
+    matrix = np.array([[5, 2, 0], [4, 5, 1], [0, 0, 9]])
+    assert most_confused(cells_of(matrix), ['a', 'b', 'c']) == [('b', 'a', 4), ('a', 'b', 2), ('b', 'c', 1)]
+
+
+def test_charts_follow_the_registry_a_chart_per_metric_in_order():
+    assert [spec.key for spec in charts_for(['error_rate', 'accuracy'])] == [
+        'loss', 'metric:error_rate', 'metric:accuracy', 'lr', 'duration']
+    series = {name: {'x': [0, 1], 'y': [1.0, 0.5]} for name in ('loss', 'smooth_loss', 'lr')}
+    layers = LOSS.data(series, EPOCHS)
+    assert layers['valid_loss'] == {'x': [9], 'y': [0.9]} and layers['loss'] == series['loss']
+    assert charts_for(['error_rate'])[1].data(series, EPOCHS) == {'value': {'x': [0], 'y': [0.3]}}
+
+
+def test_fit_spans_follow_the_fits():
+    last = BatchRow('r', 25, 1, 1, False, 0.5, 0.6, 1e-3, 0.9, 105.0, None)
+    assert fit_spans(EPOCHS, last) == [{'fit': 0, 'frozen': True, 'start': 0, 'end': 9},
+                                       {'fit': 1, 'frozen': False, 'start': 10, 'end': 25}]
+    assert fit_spans([], None) == []
+
+
+def test_follow_stops_when_nothing_is_left_and_after_its_lifetime():
+    reasons, calls = [], []
+    asyncio.run(follow(lambda: calls.append(1) or len(calls) < 3, interval=0, on_stop=reasons.append))
+    asyncio.run(follow(lambda: True, interval=0.01, lifetime=0.05, on_stop=reasons.append))
+    asyncio.run(follow(lambda: 1 / 0, on_stop=reasons.append))
+    assert len(calls) == 3 and reasons[:2] == ['ended', 'lifetime'] and reasons[2].startswith('error: ZeroDivision')
+
+
+def test_follow_awaits_a_coroutine_step_and_asks_its_interval_each_time():
+    asked, calls = [], []
+
+    async def step() -> bool:
+        calls.append(1)
+        return len(calls) < 3
+    asyncio.run(follow(step, interval=lambda: asked.append(1) or 0))
+    assert len(calls) == 3 and len(asked) == 2
