@@ -152,10 +152,12 @@ class Writer:
     def _drain(self) -> None:
         while self._queue:
             item = self._queue.popleft()
-            if type(item) is BatchRow:
-                self._rows[batches.name].append(item._replace(
-                    loss=_number(item.loss), smooth_loss=_number(item.smooth_loss), lr=_number(item.lr),
-                    mom=_number(item.mom), lrs=None if item.lrs is None else [_number(v) for v in item.lrs]))
+            if type(item) is BatchRow:  # the per-batch path: positional, kept short
+                run_id, step, epoch, fit, frozen, loss, smooth_loss, lr, mom, wall, lrs = item
+                if not (type(loss) is type(smooth_loss) is type(lr) is type(mom) is float and lrs is None):
+                    item = BatchRow(run_id, step, epoch, fit, frozen, _number(loss), _number(smooth_loss), _number(lr),
+                                    _number(mom), wall, None if lrs is None else [_number(v) for v in lrs])
+                self._rows[batches.name].append(item)
                 continue
             kind, *args = item
             if kind == 'rows': self._rows[args[0]].extend(args[1])

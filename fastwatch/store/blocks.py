@@ -10,6 +10,7 @@ the batch row that closed it, so `last_step` orders the `batch_blocks` rows as p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 import numpy as np
 
@@ -17,6 +18,8 @@ from .downsample import summarise
 from .tables import SUMMARISED, SUMMARY_FIELDS, BlockRow
 
 BLOCK_STEPS, BLOCK_FANOUT, BLOCK_LEVELS = 64, 4, 4
+summarised = attrgetter(*SUMMARISED)  # a batch row's values that blocks summarise
+STEP_FIELDS = {i for i, name in enumerate(SUMMARY_FIELDS) if name.endswith('step')}
 
 
 def block_span(level: int) -> int:
@@ -48,9 +51,14 @@ class Pyramid:
             if run_id not in state:
                 state[run_id] = {level: block.copy() for level, block in self.open.get(run_id, {}).items()}
             return state[run_id]
+        run_id = open_levels = None
         for row in batch_rows:
-            values = tuple(getattr(row, name) for name in SUMMARISED)
-            _add(levels(row.run_id), row.run_id, 0, row.step, values, row.step, closed)
+            if row.run_id != run_id: run_id, open_levels = row.run_id, levels(row.run_id)
+            step, current = row.step, open_levels.get(0)
+            if current is not None and current.block == step // BLOCK_STEPS and step % BLOCK_STEPS < BLOCK_STEPS - 1:
+                current.points.append(summarised(row))  # the common case, kept short: a row inside its block
+                current.last_steps.append(step)
+            else: _add(open_levels, run_id, 0, step, summarised(row), step, closed)
         for run_id in ended_runs:
             open_levels = levels(run_id)
             for level in range(BLOCK_LEVELS):
@@ -90,11 +98,9 @@ def _close(levels: dict[int, OpenBlock], run_id: str, level: int, closed: list) 
     else:
         points = np.stack(current.points)  # (blocks, series, 4)
         summary = summarise(points[:, :, 0], points[:, :, 1], points[:, :, 2], points[:, :, 3])
-    columns = {}
-    for name, values in zip(SUMMARISED, summary):
-        columns.update({f'{name}_{part}': None if np.isnan(v) else (int(v) if part.endswith('step') else float(v))
-                        for part, v in zip(SUMMARY_FIELDS, values)})
-    closed.append(BlockRow(run_id=run_id, level=level, block=current.block, last_step=current.last_steps[-1],
-                           **columns))
+    # Flat in the table's column order (each series' SUMMARY_FIELDS); steps as ints, NaN as NULL.
+    flat = [None if v != v else int(v) if i % len(SUMMARY_FIELDS) in STEP_FIELDS else v
+            for i, v in enumerate(summary.ravel().tolist())]
+    closed.append(BlockRow(run_id, level, current.block, current.last_steps[-1], *flat))
     if level + 1 < BLOCK_LEVELS:
         _add(levels, run_id, level + 1, current.block, summary, current.last_steps[-1], closed)

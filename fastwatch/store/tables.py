@@ -74,10 +74,11 @@ class RunTable:
         at = [self.table.c.keys().index(name) for name in self.json_columns]
         encoded = []
         for row in rows:
-            row = list(row)
-            for i in at:
-                if row[i] is not None: row[i] = json.dumps(row[i], default=str)
-            encoded.append(tuple(row))
+            for i in at:  # most rows have none (one parameter group: no `lrs`)
+                if row[i] is not None:
+                    row = tuple(json.dumps(v, default=str) if j in at and v is not None else v for j, v in enumerate(row))
+                    break
+            encoded.append(row)
         return encoded
 
     def decode(self, row) -> tuple:

@@ -2,7 +2,8 @@
 
 A first page view fetches many scripts and stylesheets (Voila's front end, its extensions, BokehJS), which
 tornado's own `compress_response` compresses again for every visitor, in the server's only thread, while the page
-waits for them (the README's dashboard figures say how much). Static files carry an ETag (a hash of their content), so their compressed form is kept.
+waits for them (the README's dashboard figures say how much). Static files carry an ETag (a hash of their
+content), so their compressed form is kept.
 """
 from __future__ import annotations
 
