@@ -76,7 +76,8 @@ class RunTable:
         for row in rows:
             for i in at:  # most rows have none (one parameter group: no `lrs`)
                 if row[i] is not None:
-                    row = tuple(json.dumps(v, default=str) if j in at and v is not None else v for j, v in enumerate(row))
+                    row = tuple(json.dumps(v, default=str) if j in at and v is not None else v
+                                for j, v in enumerate(row))
                     break
             encoded.append(row)
         return encoded
