@@ -97,8 +97,7 @@ def live_latency(browser, url: str, store: Path, rows: int = 60, every: float = 
     committed = {}
     for step in range(10, 10 + rows):
         now = time.time()
-        writer_store.write({'batches': [{'run_id': run_id, 'step': step, 'epoch': 9, 'fit': 0, 'frozen': False,
-                                         'loss': 0.5, 'smooth_loss': 0.5, 'lr': 1e-3, 'mom': 0.9, 'time': now}]},
+        writer_store.write({'batches': [BatchRow(run_id, step, 9, 0, False, 0.5, 0.5, 1e-3, 0.9, now, None)]},
                            {run_id: {'heartbeat': now, 'updated_at': now}})
         committed[step + 1] = time.time()  # the page then holds step + 1 points
         time.sleep(every)
