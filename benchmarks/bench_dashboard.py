@@ -20,11 +20,22 @@ import time
 import uuid
 from pathlib import Path
 
+import nbformat
 import numpy as np
 from playwright.sync_api import sync_playwright
 
 sys.path.insert(0, str(Path(__file__).parents[1] / 'tests'))
-from browser import POINTS_JS, free_port, kernels, launch, open_dashboard, served, with_query  # noqa: E402
+from browser import (  # noqa: E402
+    POINTS_JS,
+    free_port,
+    jupyter,
+    kernels,
+    launch,
+    open_dashboard,
+    run_all_cells,
+    served,
+    with_query,
+)
 
 from fastwatch import open_store  # noqa: E402
 from fastwatch.record.writer import Writer  # noqa: E402
@@ -135,13 +146,46 @@ def screenshots(browser, out: Path, port: int) -> None:
             demo.wait(30)
 
 
+NOTEBOOK = """import warnings
+warnings.filterwarnings('ignore', category=FutureWarning)  # torch's, about fastai's use of torch.jit
+from fastwatch import WatchCallback
+from fastwatch.demo.digits import digits_dls, digits_folder, digits_learner
+dls = digits_dls(digits_folder({digits!r}), size=28, bs=32)
+learn = digits_learner(dls, arch='resnet18', cbs=WatchCallback(store={store!r}, name='digits', show=True))
+learn.fine_tune(3, base_lr=1e-2)"""
+
+
+def notebook_screenshot(browser, out: Path) -> None:
+    "The dashboard under the cell that trains, in Jupyter Notebook 7, once the cell has finished."
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / 'notebooks'
+        folder.mkdir()
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(NOTEBOOK.format(
+            digits=f'{tmp}/digits', store=f'{tmp}/notebook.db'))])
+        nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
+        nbformat.write(nb, folder / 'train.ipynb')
+        with jupyter(folder, 'notebook') as (base, token):
+            page = browser.new_page(viewport={'width': 1280, 'height': 2400})
+            page.goto(f'{base}notebooks/train.ipynb?token={token}')
+            page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=120_000)
+            run_all_cells(page)
+            page.wait_for_selector('.jp-CodeCell .jp-InputPrompt:text-matches("\\[1\\]")', timeout=600_000)
+            page.wait_for_selector('.fw-gallery img')
+            time.sleep(3)
+            page.locator('.jp-CodeCell').first.screenshot(path=str(out / 'dashboard-notebook.png'))
+            page.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--screenshots', type=Path, help='folder to save dashboard-desktop.png and dashboard-phone.png')
+    parser.add_argument('--screenshots', type=Path,
+                        help='folder to save dashboard-desktop.png, dashboard-phone.png and dashboard-notebook.png')
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as playwright:
         browser = launch(playwright)
-        if args.screenshots: screenshots(browser, args.screenshots, free_port())
+        if args.screenshots:
+            notebook_screenshot(browser, args.screenshots)
+            screenshots(browser, args.screenshots, free_port())
         store = Path(tmp) / 'bench.db'
         small = record_run(store, 1_000)
         started = time.perf_counter()

@@ -159,3 +159,35 @@ def open_dashboard(page, url: str, timeout: float = 30) -> float:
 def wait_for_points(page, count: int, series: str = 'loss', timeout: float = 10) -> None:
     "Wait until the page's bokeh document holds `count` points of a series."
     page.wait_for_function(f'({POINTS_JS})({series!r}) == {count}', timeout=timeout * 1000)
+
+
+@contextmanager
+def jupyter(folder: Path, app: str = 'lab', timeout: float = 120):
+    """`jupyter lab` (or `jupyter notebook`, Notebook 7) serving `folder` on a free port, with a token, for the
+    duration: its base URL and the token, `(http://127.0.0.1:PORT/, TOKEN)`."""
+    port, token = free_port(), 'fastwatch-test'
+    log = folder.parent / f'jupyter-{port}.log'
+    with log.open('w') as out:
+        server = subprocess.Popen([str(Path(sys.executable).parent / 'jupyter'), app, '--no-browser', f'--port={port}',
+                                   f'--IdentityProvider.token={token}', f'--ServerApp.root_dir={folder}',
+                                   '--allow-root', '--LabApp.news_url=None'], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(('127.0.0.1', port), timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f'jupyter {app} did not start: {log.read_text()[-2000:]}') from None
+                time.sleep(0.2)
+        yield f'http://127.0.0.1:{port}/', token
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def run_all_cells(page) -> None:
+    "Run every cell of the notebook open in JupyterLab or Notebook 7, from its Run menu."
+    page.click('.lm-MenuBar-itemLabel:text-is("Run")')
+    page.click('.lm-Menu-itemLabel:text-is("Run All Cells")')

@@ -5,12 +5,15 @@ from __future__ import annotations
 import time
 
 
-def train(dls, store, epochs: int = 1, extra_cbs=(), **callback_kwargs):
-    "`fine_tune(epochs)` a small CNN on the digits with a `WatchCallback`; returns the learner."
+def train(dls, store, epochs: int = 1, extra_cbs=(), quiet: bool = True, **callback_kwargs):
+    """`fine_tune(epochs)` a small CNN on the digits with a `WatchCallback`; returns the learner. `quiet`: with
+    fastai's `no_logging()`, which quiets fastwatch's lines too."""
+    from contextlib import nullcontext
+
     from fastwatch import WatchCallback
     from fastwatch.demo.digits import digits_learner
     learn = digits_learner(dls, cbs=[WatchCallback(store=store, **callback_kwargs), *extra_cbs])
-    with learn.no_bar(), learn.no_logging(): learn.fine_tune(epochs, base_lr=1e-2)
+    with learn.no_bar(), learn.no_logging() if quiet else nullcontext(): learn.fine_tune(epochs, base_lr=1e-2)
     return learn
 
 

@@ -256,7 +256,7 @@ def test_every_parameter_groups_lr_is_recorded(dls, tmp_path):
 
 def fit_printing(learn, capsys) -> str:
     "Fit once; everything it printed and warned, in one string."
-    with learn.no_bar(), learn.no_logging(), warnings.catch_warnings(record=True) as caught:
+    with learn.no_bar(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         learn.fit(1)
         learn.watch.writer.flush(timeout=5)

@@ -88,7 +88,8 @@ def test_each_tick_uploads_what_is_new_not_the_whole_run(tmp_path, dav):
 
 
 def test_a_training_published_to_webdav_is_followed_with_every_row(dls, tmp_path, dav, capsys):
-    learn = train(dls, tmp_path / 'store.db', epochs=1, name='dav', publish=webdav(dav), publish_every=1)
+    learn = train(dls, tmp_path / 'store.db', epochs=1, quiet=False, name='dav', publish=webdav(dav),
+                  publish_every=1)
     run_id = learn.watch.run_id
     printed = capsys.readouterr().out
     assert f'{dav.url}runs/{run_id}/' in printed.replace('%2F', '/').replace('%3A', ':')

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from ..errors import FastwatchError
@@ -33,6 +34,8 @@ def _wait_for_port(host: str, port: int, server: subprocess.Popen, timeout: floa
 
 def train_digits(store: str, epochs: int, size: int = 28) -> None:
     "fine_tune an untrained resnet18 on the digits (an image folder made once in the cache), recorded by WatchCallback."
+    # torch's, about fastai's use of torch.jit: nothing the person running the demo can act on.
+    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
     from ..record.callback import WatchCallback
     from .digits import digits_dls, digits_folder, digits_learner
     dls = digits_dls(digits_folder(_cache_dir() / 'digits'), size=size, bs=32)

@@ -10,6 +10,7 @@ from functools import partial
 import fastai
 import torch
 from fastai.callback.core import Callback
+from fastai.imports import noop
 from fastai.learner import Recorder
 from fastai.torch_core import rank_distrib
 from fastcore.foundation import L
@@ -78,13 +79,18 @@ class WatchCallback(Callback):
     finishes, fails or its loss is not finite, and when a metric meets a condition of `alert_on`, such as
     `{'error_rate': '<0.05', 'valid_loss': 'no improvement for 3 epochs'}`.
 
+    `show`: in a notebook, the live dashboard appears under the cell that trains, below fastai's progress bar (in a
+    script, the line that says how to watch the run is all). It prints nothing in a fit that `learn.no_logging()`
+    keeps quiet, as fastai's own table.
+
     The Learner calls it `learn.watch`: `learn.watch.run_id` is the run being recorded (or the last one)."""
     order = Recorder.order + 1  # after Recorder has smoothed the loss and logged the metrics
     remove_on_fetch = True
 
     def __init__(self, store=None, name: str | None = None, config: dict | None = None, top_k: int = 16,
                  thumb_size: int = 128, publish: str | None = None, publish_every: float = 30,
-                 publish_url: str | None = None, alerts: str | list[str] | None = None, alert_on: dict | None = None):
+                 publish_url: str | None = None, alerts: str | list[str] | None = None, alert_on: dict | None = None,
+                 show: bool = False):
         if top_k < 0: raise ValueError(f'WatchCallback: top_k must be 0 or more, not {top_k}')
         if thumb_size < 1: raise ValueError(f'WatchCallback: thumb_size must be at least 1 pixel, not {thumb_size}')
         if not isinstance(config or {}, dict): raise ValueError(f'WatchCallback: config must be a dict, not {config!r}')
@@ -94,7 +100,7 @@ class WatchCallback(Callback):
         if self.publish:
             try: check_target(self.publish, publish_every)
             except PublishError as e: raise ValueError(f'WatchCallback: {e}') from None
-        self.publish_every, self.alert_on = publish_every, alert_on
+        self.publish_every, self.alert_on, self.show = publish_every, alert_on, show
         self.alerts = notify_urls(alerts or os.environ.get('FASTWATCH_ALERTS'))
         parse_alert_on(alert_on), notifiers(self.alerts)  # a bad condition or URL fails here, not during the fit
         self.disabled, self.collectors = False, []
@@ -190,7 +196,9 @@ class WatchCallback(Callback):
         recording.writer.flush(timeout=0)
 
     def after_fit(self):
-        if self._end(self.lifecycle.after_fit()): self.writer.flush(timeout=10)
+        if not self._end(self.lifecycle.after_fit()): return
+        self.writer.flush(timeout=10)
+        if self.recording.shown is not None: self.recording.shown.catch_up()  # the cell's output ends with the end
 
     # --- helpers --------------------------------------------------------------------------------------------
     def _end(self, ending) -> bool:
@@ -208,9 +216,21 @@ class WatchCallback(Callback):
                                        recording.class_names, time.time()),
                          probe=partial(self.lifecycle.probe, run_id))
         self.lifecycle.end_at_exit()
-        print(f'fastwatch: recording run {run_id} into {writer.location} - watch it: '
-              f'fastwatch serve --store {writer.location} --run {run_id}')
+        if not (self.show and self._show_here(run_id)):
+            self._say(f'fastwatch: recording run {run_id} into {writer.location} - watch it: '
+                      f'fastwatch serve --store {writer.location} --run {run_id}')
         if self.publish or self.alerts: self._watch_from_anywhere(run_id)
+
+    def _say(self, text: str) -> None:
+        "Print a line, unless the fit is quiet: `learn.no_logging()` makes fastai's logger `noop`."
+        if self.learn.logger is not noop: print(text)
+
+    def _show_here(self, run_id: str) -> bool:
+        "Show the run's dashboard under the notebook cell that trains; False outside a notebook."
+        from ..view import inline  # widgets and bokeh: only for a fit that shows itself
+        if not inline.in_notebook(): return False
+        self.recording.shown = inline.show(run_id, self.writer.url)
+        return True
 
     def _watch_from_anywhere(self, run_id: str) -> None:
         "Publish the run and send its alerts, each on a thread of its own; print the links that follow it."
@@ -218,9 +238,9 @@ class WatchCallback(Callback):
         publisher = Publisher(writer.url, run_id, self.publish, self.publish_every, self.publish_url) \
             if self.publish else None
         if publisher is not None:
-            print(f'fastwatch: publishing run {run_id} to {publisher.target.rstrip("/")}/{run_id}/ every '
-                  f'{publisher.every:g} s - follow it live:\n' + (publisher.links or
-                  f'  serve that folder over https, then open the dashboard with ?store=https://…/{run_id}/'))
+            self._say(f'fastwatch: publishing run {run_id} to {publisher.target.rstrip("/")}/{run_id}/ every '
+                      f'{publisher.every:g} s - follow it live:\n' + (publisher.links or
+                      f'  serve that folder over https, then open the dashboard with ?store=https://…/{run_id}/'))
         alerts = ()
         if self.alerts:
             link = (published_binder_url(publisher.url, run_id) if publisher is not None and publisher.url

@@ -6,11 +6,15 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from ..store import RunInfo
 from ..store.records import FitInfo
 from .validation import render_input
 from .writer import Writer
+
+if TYPE_CHECKING:
+    from ..view.inline import NotebookView
 
 MAX_RENDERED = 1024  # thumbnails of a run's top-loss items kept for its later epochs
 
@@ -69,6 +73,7 @@ class Recording:
     position: Position = field(default_factory=Position)
     epoch_started: float = field(default_factory=time.time)
     epoch_log: list | None = None  # the Recorder's log of this epoch, kept at its validation pass's end
+    shown: NotebookView | None = None  # the dashboard under the notebook cell that trains, with `show=True`
 
     def start_fit(self, n_epoch: int, lr, frozen: bool, planned_epochs: int) -> None:
         "A fit of the run begins: the next fit number, and what the run's info says about it."

@@ -22,8 +22,9 @@ from .feed import MAX_POINTS, RunFeed, RunsFeed
 from .follow import FollowPolicy, Poll, follow
 from .html import message_html, style
 from .page import open_view_store, parse_query, store_files
-from .panels.chart_grid import ChartGrid
+from .panels.chart_grid import CHARTS, COMPACT_CHARTS, ChartGrid
 from .panels.epoch_panel import EpochPanel
+from .panels.full_page import FullPage
 from .panels.header import AlertList, Header, StatusLine
 from .panels.run_list import RunList
 from .panels.share import SharePanel
@@ -37,21 +38,29 @@ def load_bokehjs() -> None:
     display(HTML(f"<script type='text/javascript'>{Resources(mode='inline', components=['bokeh']).js_raw[0]}</script>"))
 
 
+# The panels of each layout, top to bottom: the page of `fastwatch serve` and Binder, and the compact view under a
+# notebook cell (`inline.py`: loss and metrics, then the latest epoch, and a way to the full page).
+PAGE = ('header', 'status', 'alerts', 'run_list', 'chart_grid', 'epoch_panel', 'share')
+NOTEBOOK = ('header', 'status', 'alerts', 'chart_grid', 'epoch_panel', 'full_page')
+
+
 class Dashboard:
     """The dashboard of one store: the shown run's header and alerts, the run list, the charts of the shown run and
-    the runs overlaid on it, its epochs' confusion matrices and top losses, and the Share control."""
+    the runs overlaid on it, its epochs' confusion matrices and top losses, and the Share control; `compact`: the
+    notebook's layout (`NOTEBOOK`), one run's loss and metrics and latest epoch, with a way to the full page."""
 
     def __init__(self, store: Store, run_id: str | None = None, store_param: str | None = None,
-                 environ: Mapping[str, str] = os.environ):
+                 environ: Mapping[str, str] = os.environ, compact: bool = False):
         self.store = store
         self.status = StatusLine()
         self.reads = StoreReads(on_error=self.status.error)
         self.header, self.alerts = Header(), AlertList()
         self.run_list = RunList(on_show=self.show)
-        self.chart_grid = ChartGrid()
+        self.chart_grid = ChartGrid(COMPACT_CHARTS if compact else CHARTS)
         self.epoch_panel = EpochPanel(store, self.reads)
         self.share = SharePanel(environ, store_param, getattr(store, 'published_url', None))
-        panels = [self.header, self.status, self.alerts, self.run_list, self.chart_grid, self.epoch_panel, self.share]
+        self.full_page = FullPage(store)
+        panels = [getattr(self, name) for name in (NOTEBOOK if compact else PAGE)]
         self.widget = widgets.VBox([widgets.HTML(style(*(panel.css for panel in panels))),
                                     *(panel.widget for panel in panels)], layout=widgets.Layout(width='100%'))
         self.widget.add_class('fastwatch')
@@ -90,6 +99,7 @@ class Dashboard:
         self.header.render(main.run, main.epochs, main.last)
         self.alerts.render(main.alerts)
         self.share.render(run_id)
+        self.full_page.render(run_id)
         self.start()
 
     def apply(self, poll: Poll) -> None:

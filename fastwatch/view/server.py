@@ -5,6 +5,7 @@ The notebook ships inside the package (`fastwatch/app/dashboard.ipynb`, the same
 """
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
@@ -49,12 +50,21 @@ class TabCloseHandler(VoilaShutdownKernelHandler):
             raise HTTPError(403, 'a kernel is shut down from its own page only')
 
 
+class _NotTrusted(logging.Filter):
+    "Drops the 'Notebook … is not trusted' warning: the dashboard is fastwatch's own notebook, run as it is."
+    def filter(self, record: logging.LogRecord) -> bool: return 'is not trusted' not in str(record.msg)
+
+
 class DashboardServer(Voila):
     """Voila, compressing what it sends (the page weighs a third; static files are compressed once), shutting the
     kernels of closed and abandoned pages down, and rendering the page with `app/index.html.j2`, whose BokehJS
-    comes from `/fastwatch/static/`."""
+    comes from `/fastwatch/static/`. It logs what a person serving it needs to know, nothing of Voila's routine."""
 
     orphan_timeout = Float(60, config=True, help='seconds a viewer kernel may stay idle with no page connected')
+
+    def initialize(self, argv=None) -> None:
+        super().initialize(argv)
+        self.log.addFilter(_NotTrusted())
 
     def init_settings(self) -> dict:
         settings = super().init_settings()
@@ -94,7 +104,8 @@ def voila_argv(port: int, host: str, token: str) -> list[str]:
             f'--VoilaKernelManager.fill_delay={REFILL_DELAY_SECONDS}', '--Voila.log_level=WARN',
             '--VoilaConfiguration.extension_denylist=jupyterlab_pygments',  # code highlighting: no code is shown
             f'--MappingKernelManager.cull_idle_timeout={IDLE_KERNEL_SECONDS}',
-            '--MappingKernelManager.cull_interval=60']
+            '--MappingKernelManager.cull_interval=60',
+            '--KernelManager.transport=ipc']  # local sockets: no kernel traffic on TCP, and no warning that there is
 
 
 def _checked_url(store: str | None) -> str:
@@ -143,10 +154,23 @@ def serve(store: str = None,  # store path or URL (default: $FASTWATCH_STORE, th
     folder, secret = _root_folder(root), secrets.token_urlsafe(24)
     downloads = tempfile.mkdtemp(prefix='fastwatch-serve-')  # 0700, this server's alone
     # The viewers' kernels inherit these: the store to show, the folder whose stores `?store=` may open, where
-    # they download remote stores, whether those may be on private networks, and that the page loads BokehJS.
+    # they download remote stores, whether those may be on private networks, that the page loads BokehJS, and an
+    # IPython folder of their own whose kernel config keeps their logs out of this terminal.
     os.environ.update({'FASTWATCH_STORE': url, 'FASTWATCH_ROOT': folder, DOWNLOADS_ENV: downloads,
-                       ALLOW_PRIVATE_ENV: '1' if allow_private_urls else '0', 'FASTWATCH_BOKEHJS': 'page'})
-    print(f'fastwatch dashboard of {display_location(url)}\n  open {dashboard_url(host, port, secret, run)}',
-          flush=True)
+                       ALLOW_PRIVATE_ENV: '1' if allow_private_urls else '0', 'FASTWATCH_BOKEHJS': 'page',
+                       'IPYTHONDIR': quiet_kernels(downloads + '-ipython')})
+    print(f'fastwatch dashboard of {display_location(url)}\n  open {dashboard_url(host, port, secret, run)}\n'
+          '  Ctrl-C stops it', flush=True)
     try: DashboardServer.launch_instance(argv=voila_argv(port, host, secret))
-    finally: shutil.rmtree(downloads, ignore_errors=True)
+    except KeyboardInterrupt: pass
+    finally:
+        for private in (downloads, downloads + '-ipython'): shutil.rmtree(private, ignore_errors=True)
+
+
+def quiet_kernels(folder: str) -> str:
+    """An IPython folder whose kernels log only what is critical: a viewer's page shows its own errors, and the
+    terminal of `fastwatch serve` is for its URL. Returns the folder."""
+    profile = Path(folder) / 'profile_default'
+    profile.mkdir(parents=True, mode=0o700)
+    (profile / 'ipython_kernel_config.py').write_text("c.IPKernelApp.log_level = 'CRITICAL'\n")
+    return folder

@@ -92,3 +92,24 @@ def test_follow_awaits_a_coroutine_step_and_asks_its_interval_each_time():
         return len(calls) < 3
     asyncio.run(follow(step, interval=lambda: asked.append(1) or 0))
     assert len(calls) == 3 and len(asked) == 2
+
+
+def test_an_svg_chart_draws_finite_points_and_escapes_its_names():
+    from fastwatch.view.svg import Line, line_chart
+    svg = line_chart('<loss>', [Line([0, 1, 2, 3], [1.0, None, float('nan'), 0.5], 'smoothed', '#000'),
+                                Line([1], [0.7], 'valid', '#f00', dots=True)], 'step', [(0, 1.5, '#ccc')])
+    [points] = [part.split("points='")[1].split("'")[0] for part in svg.split('<polyline')[1:]]
+    assert len(points.split()) == 2 and svg.count('<circle') == 1 and svg.count('<rect') == 1
+    assert '&lt;loss&gt;' in svg and '<loss>' not in svg and svg.startswith('<svg') and svg.endswith('</svg>')
+    assert '<polyline' not in line_chart('empty', [Line([], [], 'x', '#000')], 'epoch')
+
+
+def test_the_live_summary_writes_a_small_matrix_as_a_table_and_a_large_one_as_a_note():
+    from fastwatch.store.store import ConfusionMatrix
+    from fastwatch.view.panels.live_summary import TABLE_CLASSES, confusion_html
+    matrix = np.array([[3, 1], [0, 4]])
+    table = confusion_html(ConfusionMatrix(2, ['<a>', 'b'], 2, cells_of(matrix), matrix))
+    assert table.count('<td') == 4 and '&lt;a&gt;' in table and 'epoch 2' in table
+    many = TABLE_CLASSES + 1
+    note = confusion_html(ConfusionMatrix(0, [str(i) for i in range(many)], many, cells_of(np.eye(many)), np.eye(many)))
+    assert '<td' not in note and f'{many} classes' in note

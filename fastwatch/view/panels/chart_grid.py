@@ -57,13 +57,14 @@ DURATION = ChartSpec(
     lambda labels: SeriesChart('Epoch duration', 'epoch', 'seconds', [Layer('duration', 'seconds', 'bars', '{0.0}')],
                                labels),
     lambda series, epochs: {'duration': per_epoch(epochs, 'epoch', lambda e: e.duration)})
-METRICS = 'metrics'  # where the metrics' charts go in CHARTS
+METRICS = 'metrics'  # where the metrics' charts go
 CHARTS = (LOSS, METRICS, LEARNING_RATE, DURATION)
+COMPACT_CHARTS = (LOSS, METRICS)  # under a notebook cell
 
 
-def charts_for(metric_names: list[str]) -> list[ChartSpec]:
-    "The charts of a run that logged `metric_names`, in `CHARTS`' order."
-    return [spec for entry in CHARTS
+def charts_for(metric_names: list[str], charts: tuple = CHARTS) -> list[ChartSpec]:
+    "The charts of a run that logged `metric_names`, in the order of `charts` (`CHARTS`, `COMPACT_CHARTS`)."
+    return [spec for entry in charts
             for spec in ([metric_chart(name) for name in metric_names] if entry == METRICS else [entry])]
 
 
@@ -76,18 +77,19 @@ def batch_series(batches: dict[str, list]) -> Series:
 
 
 class ChartGrid:
-    "The charts of the shown run and the runs overlaid on it."
+    "The charts of the shown run and the runs overlaid on it: those of `charts` (`CHARTS`, `COMPACT_CHARTS`)."
     css = ''
 
-    def __init__(self):
+    def __init__(self, charts: tuple = CHARTS):
         self.widget = widgets.Box(layout=GRID)
+        self.chosen = charts
         self.specs: list[ChartSpec] = []
         self.charts: dict[str, SeriesChart] = {}
 
     def show(self, labels: Labels, snapshots: dict[str, dict], metric_names: list[str]) -> None:
         "Draw new charts for the runs of `labels`, from each run's `RunFeed.snapshot()`."
         for model in self.widget.children: model.close()
-        self.specs = charts_for(metric_names)
+        self.specs = charts_for(metric_names, self.chosen)
         self.charts = {spec.key: spec.make(labels) for spec in self.specs}
         for run_id, snapshot in snapshots.items(): self.load(run_id, snapshot, shaded=run_id == labels[0][0])
         self.widget.children = [ChartWidget(chart.fig, layout=widgets.Layout(width='100%', min_width='0'))
