@@ -159,3 +159,17 @@ def opened(url: str) -> str | None:
     try:
         with urllib.request.urlopen(url + '&run=x', timeout=60) as page: return page.read().decode()
     except OSError: return None
+
+
+def test_the_demo_prints_what_a_user_needs_and_nothing_of_voila_or_torch(tmp_path):
+    "`fastwatch demo` (what `make demo` runs): the URL and how to stop, the training's lines, fastai's progress."
+    done = subprocess.run([sys.executable, '-c', 'from fastwatch.cli import main; main()', 'demo', '--epochs', '1',
+                           '--exit-after', '--port', str(free_port()), '--store', str(tmp_path / 'demo.db')],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout + done.stderr
+    lines = [line for line in out.splitlines() if 'fastwatch' in line or 'open http' in line or 'Ctrl-C' in line]
+    assert lines[0].startswith('fastwatch dashboard of ') and lines[1].strip().startswith('open http://127.0.0.1:')
+    assert lines[2].strip() == 'Ctrl-C stops it' and 'fastwatch: recording run' in lines[-1]
+    for noise in ('WARNING', 'Warning', 'Traceback', 'not trusted', 'without encryption'):
+        assert noise not in out, out[-3000:]

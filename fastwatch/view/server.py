@@ -153,24 +153,26 @@ def serve(store: str = None,  # store path or URL (default: $FASTWATCH_STORE, th
     check_port(host, port)
     folder, secret = _root_folder(root), secrets.token_urlsafe(24)
     downloads = tempfile.mkdtemp(prefix='fastwatch-serve-')  # 0700, this server's alone
+    ipython = quiet_kernels()
     # The viewers' kernels inherit these: the store to show, the folder whose stores `?store=` may open, where
     # they download remote stores, whether those may be on private networks, that the page loads BokehJS, and an
     # IPython folder of their own whose kernel config keeps their logs out of this terminal.
     os.environ.update({'FASTWATCH_STORE': url, 'FASTWATCH_ROOT': folder, DOWNLOADS_ENV: downloads,
                        ALLOW_PRIVATE_ENV: '1' if allow_private_urls else '0', 'FASTWATCH_BOKEHJS': 'page',
-                       'IPYTHONDIR': quiet_kernels(downloads + '-ipython')})
+                       'IPYTHONDIR': ipython})
     print(f'fastwatch dashboard of {display_location(url)}\n  open {dashboard_url(host, port, secret, run)}\n'
           '  Ctrl-C stops it', flush=True)
     try: DashboardServer.launch_instance(argv=voila_argv(port, host, secret))
     except KeyboardInterrupt: pass
     finally:
-        for private in (downloads, downloads + '-ipython'): shutil.rmtree(private, ignore_errors=True)
+        for private in (downloads, ipython): shutil.rmtree(private, ignore_errors=True)
 
 
-def quiet_kernels(folder: str) -> str:
-    """An IPython folder whose kernels log only what is critical: a viewer's page shows its own errors, and the
-    terminal of `fastwatch serve` is for its URL. Returns the folder."""
+def quiet_kernels() -> str:
+    """A new IPython folder (0700) whose kernels log only what is critical: a viewer's page shows its own errors,
+    and the terminal of `fastwatch serve` is for its URL. Returns the folder."""
+    folder = tempfile.mkdtemp(prefix='fastwatch-kernels-')
     profile = Path(folder) / 'profile_default'
-    profile.mkdir(parents=True, mode=0o700)
+    profile.mkdir()
     (profile / 'ipython_kernel_config.py').write_text("c.IPKernelApp.log_level = 'CRITICAL'\n")
     return folder
