@@ -166,11 +166,13 @@ def jupyter(folder: Path, app: str = 'lab', timeout: float = 120):
     """`jupyter lab` (or `jupyter notebook`, Notebook 7) serving `folder` on a free port, with a token, for the
     duration: its base URL and the token, `(http://127.0.0.1:PORT/, TOKEN)`."""
     port, token = free_port(), 'fastwatch-test'
-    log = folder.parent / f'jupyter-{port}.log'
+    log, own = folder.parent / f'jupyter-{port}.log', folder.parent / f'jupyter-{port}-settings'
+    own.mkdir()  # workspaces and settings of this server alone: nothing of another test's session is restored
     with log.open('w') as out:
         server = subprocess.Popen([str(Path(sys.executable).parent / 'jupyter'), app, '--no-browser', f'--port={port}',
                                    f'--IdentityProvider.token={token}', f'--ServerApp.root_dir={folder}',
-                                   '--allow-root', '--LabApp.news_url=None'], stdout=out, stderr=subprocess.STDOUT)
+                                   '--allow-root', '--LabApp.news_url=None', f'--LabApp.workspaces_dir={own}',
+                                   f'--LabApp.user_settings_dir={own}'], stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + timeout
         while True:

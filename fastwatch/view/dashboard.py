@@ -93,8 +93,8 @@ class Dashboard:
     def _show(self, run_id: str, feeds: dict[str, RunFeed], snapshots: dict[str, dict]) -> None:
         self.run_id, self.feeds = run_id, feeds
         main = feeds[run_id]
-        metric_names = main.run.info.metric_names or sorted({name for e in main.epochs for name in e.metrics})
-        self.chart_grid.show([(i, feed.run.name or i[:8]) for i, feed in feeds.items()], snapshots, metric_names)
+        self.chart_grid.show([(i, feed.run.name or i[:8]) for i, feed in feeds.items()], snapshots,
+                             main.metric_names())
         self.epoch_panel.show_run(run_id, main.epochs)
         self.header.render(main.run, main.epochs, main.last)
         self.alerts.render(main.alerts)

@@ -73,6 +73,10 @@ class RunFeed:
 
     def spans(self) -> list[dict]: return fit_spans(self.epochs, self.last)
 
+    def metric_names(self) -> list[str]:
+        "The run's metrics, in the order its callback found them (or by name, for a store that did not keep it)."
+        return self.run.info.metric_names or sorted({name for epoch in self.epochs for name in epoch.metrics})
+
     def poll(self) -> RunUpdate:
         "What is new since the last snapshot or poll (`RunUpdate.new` says whether anything is)."
         before, self.run = self.run, self.store.run(self.run_id)

@@ -75,9 +75,8 @@ class LiveSummary:
             Line(series['smooth_loss']['x'], series['smooth_loss']['y'], 'smoothed', COLORS['loss']),
             Line([e.step for e in epochs], [e.valid_loss for e in epochs], 'valid loss', COLORS['valid_loss'],
                  dots=True)], 'step', shaded)
-        names = self.feed.run.info.metric_names or sorted({name for e in epochs for name in e.metrics})
         metrics = [line_chart(name, [Line([e.epoch for e in epochs], [e.metrics.get(name) for e in epochs], name,
-                                          COLORS['metric'])], 'epoch') for name in names]
+                                          COLORS['metric'])], 'epoch') for name in self.feed.metric_names()]
         return loss + ''.join(metrics)
 
     def _epoch_part(self, epoch: int | None) -> str:
