@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -264,6 +265,12 @@ def pids(*needles: bytes) -> list[int]:
     return found
 
 
+def parent(pid: int) -> int | None:
+    "A process's parent, or None once it has gone."
+    try: return int(re.search(r'PPid:\s+(\d+)', (Path('/proc') / str(pid) / 'status').read_text())[1])
+    except (OSError, TypeError): return None
+
+
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f'no chromium at {CHROMIUM} (.ci/run installs it)')
 def test_the_dashboard_crashing_leaves_training_alone(start_training, baseline, tmp_path):
     playwright = pytest.importorskip('playwright.sync_api').sync_playwright().start()
@@ -281,7 +288,9 @@ def test_the_dashboard_crashing_leaves_training_alone(start_training, baseline, 
             [viewer] = pids(b'ipykernel', f'kernel-{page_kernel(page)}.json'.encode())
             os.kill(viewer, signal.SIGKILL)
             port = url.rsplit(':', 1)[1].split('/')[0]
-            [server] = pids(b'fastwatch.cli', b'serve', f'--port\0{port}\0'.encode())
+            # The server this test started (a child it forks to start a kernel has its command line for a moment).
+            [server] = [pid for pid in pids(b'fastwatch.cli', b'serve', f'--port\0{port}\0'.encode())
+                        if parent(pid) == os.getpid()]
             orphans = [pid for kernel in kernels(url) for pid in pids(f'kernel-{kernel}.json'.encode())]
             time.sleep(1)  # training runs on between the two crashes
             os.kill(server, signal.SIGKILL)
