@@ -21,8 +21,22 @@ from ..links import DEFAULT_URL, local_url, published_binder_url
 from ..remote.protocol import Publisher, check_target
 from ..store import RunInfo, RunRecord, hide_password
 from ..store.confusion import pack_cells
-from ..store.tables import BatchRow, ConfusionRow, EpochRow, TopLossRow, confusion, epochs, top_losses
+from ..store.tables import (
+    BatchRow,
+    ConfusionRow,
+    EpochRow,
+    ItemEpochRow,
+    ItemsRow,
+    TopLossRow,
+    confusion,
+    epochs,
+    item_epochs,
+    items,
+    top_losses,
+)
 from .alerts import Alerts, notifiers, notify_urls, parse_alert_on
+from .dynamics import TrainingDynamics
+from .items import item_identities, item_name
 from .network import PublishListener
 from .recording import Recording, Thumbnails
 from .run import RunLifecycle
@@ -31,7 +45,6 @@ from .validation import (
     base_loader,
     decoded_inputs,
     distributed_training_pass,
-    item_name,
 )
 from .writer import Writer
 
@@ -79,6 +92,9 @@ class WatchCallback(Callback):
     finishes, fails or its loss is not finite, and when a metric meets a condition of `alert_on`, such as
     `{'error_rate': '<0.05', 'valid_loss': 'no improvement for 3 epochs'}`.
 
+    `dynamics`: record every item's loss, probability of its label and prediction each epoch, from the training
+    and validation passes themselves (single-label classification), for the data map and the suspects list.
+
     `show`: in a notebook, the live dashboard appears under the cell that trains, below fastai's progress bar (in a
     script, the line that says how to watch the run is all). It prints nothing in a fit that `learn.no_logging()`
     keeps quiet, as fastai's own table.
@@ -90,7 +106,7 @@ class WatchCallback(Callback):
     def __init__(self, store=None, name: str | None = None, config: dict | None = None, top_k: int = 16,
                  thumb_size: int = 128, publish: str | None = None, publish_every: float = 30,
                  publish_url: str | None = None, alerts: str | list[str] | None = None, alert_on: dict | None = None,
-                 show: bool = False):
+                 show: bool = False, dynamics: bool = True):
         if top_k < 0: raise ValueError(f'WatchCallback: top_k must be 0 or more, not {top_k}')
         if thumb_size < 1: raise ValueError(f'WatchCallback: thumb_size must be at least 1 pixel, not {thumb_size}')
         if not isinstance(config or {}, dict): raise ValueError(f'WatchCallback: config must be a dict, not {config!r}')
@@ -100,7 +116,7 @@ class WatchCallback(Callback):
         if self.publish:
             try: check_target(self.publish, publish_every)
             except PublishError as e: raise ValueError(f'WatchCallback: {e}') from None
-        self.publish_every, self.alert_on, self.show = publish_every, alert_on, show
+        self.publish_every, self.alert_on, self.show, self.dynamics = publish_every, alert_on, show, dynamics
         self.alerts = notify_urls(alerts or os.environ.get('FASTWATCH_ALERTS'))
         parse_alert_on(alert_on), notifiers(self.alerts)  # a bad condition or URL fails here, not during the fit
         self.disabled, self.collectors = False, []
@@ -165,6 +181,11 @@ class WatchCallback(Callback):
                                             getattr(learn, 'smooth_loss', None), hypers.get('lr'), hypers.get('mom'),
                                             time.time(), lrs))
         at.step += 1
+        if recording.dynamics is not None: recording.dynamics.add_batch()
+
+    def after_train(self):
+        if self.lifecycle.recording and self.recording.dynamics is not None:
+            self.recording.epoch_values['train'] = self.recording.dynamics.values()
 
     def before_validate(self):
         # Under distrib_ctx every rank collects its share of the pass, and rank 0 records the whole.
@@ -179,7 +200,9 @@ class WatchCallback(Callback):
         if not self.lifecycle.recording: return
         # The Recorder's log of this epoch, kept now: an evaluation run from a later after_epoch would replace it.
         self.recording.epoch_log = list(self.learn.recorder.log)
-        if result is not None: self._record_validation(result)
+        if result is not None:
+            self.recording.epoch_values['valid'] = result['values']
+            self._record_validation(result)
 
     def after_epoch(self):
         if not self.lifecycle.recording: return
@@ -192,6 +215,7 @@ class WatchCallback(Callback):
         recording.writer.add_rows(epochs.name, [EpochRow(
             recording.id, at.epoch, at.fit, at.frozen, at.step - 1, train_loss, valid_loss, values,
             now - recording.epoch_started, now)])
+        self._record_item_values()
         at.epoch += 1
         recording.writer.flush(timeout=0)
 
@@ -211,6 +235,7 @@ class WatchCallback(Callback):
         learn, run_id = self.learn, self.lifecycle.id
         recording = self.recording = Recording(run_id, Writer.for_store(self.store), run_info(learn),
                                                class_names(learn.dls), Thumbnails(self.thumb_size))
+        if self.dynamics: recording.dynamics = TrainingDynamics(learn, self._say)
         writer = recording.writer
         writer.start_run(RunRecord.new(run_id, self.run_name, recording.info_now(), self.config,
                                        recording.class_names, time.time()),
@@ -285,6 +310,25 @@ class WatchCallback(Callback):
                 actual=label(t['actual']), predicted=label(t['predicted']), probability=t['probability'],
                 loss=t['loss'], **{'image': None, 'image_type': None, 'text': None, **thumbnails.of(t['index'])})
                 for rank, t in enumerate(top)]}
+        recording.writer.add_later(rows)
+
+    def _record_item_values(self) -> None:
+        "The epoch's values of each split's items; the first time a split has some, the identity of its items."
+        recording, dls = self.recording, self.learn.dls
+        found = {split: values for split, values in recording.epoch_values.items() if values is not None}
+        recording.epoch_values = {}
+        new = [split for split in found if split not in recording.named_splits]
+        recording.named_splits.update(new)
+        if not found: return
+        run_id, epoch, root = recording.id, recording.position.epoch, getattr(dls, 'path', None)
+        loaders = {'train': dls.train, 'valid': base_loader(dls.valid)}
+
+        def rows():  # in the writer's thread: packing, and naming every item, cost the training thread nothing
+            made = {item_epochs.name: [ItemEpochRow(run_id, epoch, split, len(values), values.pack())
+                                       for split, values in found.items()]}
+            if new: made[items.name] = [ItemsRow(run_id, split, epoch, *item_identities(loaders[split], root))
+                                        for split in new]
+            return made
         recording.writer.add_later(rows)
 
     def __getstate__(self):

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from ..store import RunInfo
+from ..store.dynamics import ItemValues
 from ..store.records import FitInfo
+from .dynamics import TrainingDynamics
 from .validation import render_input
 from .writer import Writer
 
@@ -74,6 +76,9 @@ class Recording:
     epoch_started: float = field(default_factory=time.time)
     epoch_log: list | None = None  # the Recorder's log of this epoch, kept at its validation pass's end
     shown: NotebookView | None = None  # the dashboard under the notebook cell that trains, with `show=True`
+    dynamics: TrainingDynamics | None = None  # the training items' values, with `dynamics=True`
+    epoch_values: dict[str, ItemValues | None] = field(default_factory=dict)  # this epoch's, by split
+    named_splits: set[str] = field(default_factory=set)  # splits whose items' identities are recorded
 
     def start_fit(self, n_epoch: int, lr, frozen: bool, planned_epochs: int) -> None:
         "A fit of the run begins: the next fit number, and what the run's info says about it."

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,19 +22,10 @@ from fastai.distributed import DistributedDL
 from fastai.learner import Learner
 from fastai.torch_core import TensorImageBase, to_device
 
+from ..store.dynamics import ItemValues
+from .dynamics import PENDING_VALUES, EpochItems, PerItem, class_targets, per_item
+from .items import MAX_TEXT
 from .thumbnails import thumbnail_png, to_pixels
-
-MAX_TEXT = 200
-PENDING_VALUES = 1 << 22  # scores (items x classes) held before they are reduced to per-item values
-
-
-def class_targets(pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor | None:
-    """The class of each item for single-label classification (one score per class, one integer class per item,
-    as `(bs,)` or tabular's `(bs, 1)`), else None."""
-    if targ.ndim == 2 and targ.shape[1] == 1: targ = targ[:, 0]
-    single = (pred.ndim == 2 and targ.ndim == 1 and len(pred) == len(targ)
-              and not targ.is_floating_point() and not targ.is_complex())
-    return targ if single else None
 
 
 def base_loader(dl):
@@ -90,7 +80,7 @@ class ValidationCollector:
         self.classification, self.n_classes = True, None
         self.pending, self.pending_values = [], 0  # (pred, targ, images) of batches not reduced yet, their values
         self.reduced = 0  # items reduced so far: the pass position of the first pending one
-        self.losses, self.decoded, self.probs, self.targets = [], [], [], []
+        self.items: list[PerItem] = []  # the pass's items, chunk by chunk
         self.top_images = None  # (score, pass position, input image) of the k highest-loss images so far
 
     def add_batch(self) -> None:
@@ -116,23 +106,14 @@ class ValidationCollector:
         if not self.pending: return
         preds, targs, images = zip(*self.pending)
         self.pending, self.pending_values = [], 0
-        pred, targ = torch.cat(preds), torch.cat(targs)
-        classes = class_targets(pred, targ)
-        loss_func = self.learn.loss_func
-        with self.learn.loss_not_reduced(): losses = loss_func(pred, targ)
-        probs = loss_func.activation(pred) if hasattr(loss_func, 'activation') else pred.softmax(-1)
-        decoded = loss_func.decodes(probs) if hasattr(loss_func, 'decodes') else probs.argmax(-1)
-        if losses.shape != classes.shape or decoded.shape != classes.shape:
+        items = per_item(self.learn, torch.cat(preds), torch.cat(targs))
+        if items is None:
             self.classification = False
             return
-        losses, classes = losses.detach().float(), classes.detach().long()
         if all(i is not None for i in images) and len({i.shape[1:] for i in images}) == 1:  # else reloaded
-            self._keep_images(losses, classes, torch.cat(images))
-        self.losses.append(losses)
-        self.decoded.append(decoded.detach().long())
-        self.probs.append(probs.detach().gather(-1, decoded.long()[:, None])[:, 0].float())
-        self.targets.append(classes)
-        self.reduced += len(classes)
+            self._keep_images(items.loss, items.classes, torch.cat(images))
+        self.items.append(items)
+        self.reduced += len(items.classes)
 
     def _keep_images(self, losses: torch.Tensor, classes: torch.Tensor, images: torch.Tensor) -> None:
         "Keep the images of the k highest-loss items so far (NaN first, as `topk`; ignored targets never)."
@@ -159,28 +140,35 @@ class ValidationCollector:
             with torch._C.DisableTorchFunctionSubclass(): self._reduce_pending()
         if not self.classification or self.n_classes is None: return None
         with torch._C.DisableTorchFunctionSubclass():
-            n, targets, decoded = self.n_classes, torch.cat(self.targets), torch.cat(self.decoded)
+            n, chunks = self.n_classes, PerItem(*(torch.cat(column) for column in zip(*self.items)))
+            targets, decoded = chunks.classes, chunks.decoded
             indices, real = pass_order(self.learn.dl, len(targets))
             # Targets outside the vocabulary (-100, the loss's ignore_index) are left out, as the loss leaves them out.
-            keep = torch.as_tensor(real, device=targets.device) & (targets >= 0) & (targets < n)
+            keep = torch.as_tensor(real, device=targets.device) & chunks.labelled
             pairs, counts = torch.unique(targets[keep] * n + decoded[keep], return_counts=True)
             pairs, counts = pairs.cpu().numpy(), counts.cpu().numpy()
             kept = keep.nonzero()[:, 0]
-            losses = torch.cat(self.losses)[kept]
-            top_loss, top = losses.topk(min(self.k, len(losses)))
+            top_loss, top = chunks.loss[kept].topk(min(self.k, len(kept)))
             at = kept[top]
             columns = {'loss': top_loss, 'actual': targets[at], 'predicted': decoded[at],
-                       'probability': torch.cat(self.probs)[at]}
+                       'probability': chunks.probability[at]}
             columns = {name: values.cpu().numpy() for name, values in columns.items()}
             images = self._images_at(at)
+            values = None if isinstance(self.learn.dl, DistributedDL) else self._values(chunks, indices)
         return {'n_classes': n, 'cells': np.column_stack([pairs // n, pairs % n, counts]).astype(np.int64),
-                'top': {'index': indices[at.cpu().numpy()], **columns}, 'images': images}
+                'top': {'index': indices[at.cpu().numpy()], **columns}, 'images': images, 'values': values}
+
+    def _values(self, chunks: PerItem, indices: np.ndarray) -> ItemValues:
+        "Every item's values in this pass, by dataset index."
+        items = EpochItems(len(base_loader(self.learn.dl).dataset), chunks.loss.device)
+        items.put(torch.as_tensor(indices, device=chunks.loss.device), chunks)
+        return items.values()
 
     def result(self) -> dict | None:
         """`{'n_classes', 'cells': (k, 3) (actual, predicted, count), 'top': [{'index', 'loss', 'actual', 'predicted',
-        'probability', 'input_image'}]}` with dataset indices, highest loss first (`input_image`: the input the pass
-        saw, when kept, else None); None when the pass is not single-label classification, and on every rank but 0
-        under `distrib_ctx`."""
+        'probability', 'input_image'}], 'values'}` with dataset indices, highest loss first (`input_image`: the input
+        the pass saw, when kept, else None; `values`: every item's `ItemValues`, except under `distrib_ctx`); None when
+        the pass is not single-label classification, and on every rank but 0 under `distrib_ctx`."""
         if not isinstance(self.learn.dl, DistributedDL): return self._merge([self._local()])
         try: local = self._local()
         except Exception:
@@ -198,20 +186,8 @@ class ValidationCollector:
         order = np.argsort(-np.nan_to_num(top['loss'], nan=np.inf), kind='stable')[:self.k]  # NaN first, as topk
         rows = [dict(zip(top, values), input_image=images[i])
                 for i, *values in zip(order.tolist(), *(top[name][order].tolist() for name in top))]
-        return {'n_classes': shares[0]['n_classes'], 'cells': cells, 'top': rows}
-
-
-def item_name(dl, index: int, root: Path | None = None) -> str:
-    "The identity of validation item `index`: its file path (relative to `root`), or its label."
-    items = getattr(dl, 'items', None)
-    try:
-        item = items.index[index] if hasattr(items, 'iloc') else items[index]
-    except Exception:
-        return f'#{index}'
-    if isinstance(item, Path):
-        try: item = item.relative_to(root or Path('/'))
-        except ValueError: pass
-    return str(item)[:MAX_TEXT]
+        return {'n_classes': shares[0]['n_classes'], 'cells': cells, 'top': rows,
+                'values': shares[0]['values'] if len(shares) == 1 else None}
 
 
 def decoded_inputs(dl, top: list[dict]) -> dict:

@@ -171,5 +171,34 @@ alerts = run_table(
     Column('delivered', Boolean, nullable=False),  # False when every notifier failed
     cursor='seq')
 
+# The items of each split of a run's data, once: each one's identity (a file path relative to `root`, or a row index)
+# and, for files, their size and modification time (ns) when recorded: a cleanup acts only on files the run saw.
+items = run_table(
+    'items', _key('split', String(8)),  # train / valid (`dynamics.SPLITS`)
+    Column('epoch', Integer, nullable=False),  # the epoch they were recorded at
+    Column('root', Text),  # the folder the item files are under, for files
+    Column('names', Text, nullable=False),  # one name per dataset index
+    Column('files', Text),  # [size, mtime_ns] per dataset index, for files
+    cursor='epoch', json_columns=('names', 'files'))
+
+# Every item's values of one split in one epoch, as packed arrays (`dynamics.ItemValues`): not a row per item.
+item_epochs = run_table(
+    'item_epochs', _key('epoch'), _key('split', String(8)),
+    Column('n_items', Integer, nullable=False),
+    Column('item_values', LargeBinary, nullable=False),
+    cursor='epoch', bound=10_000)
+
+# What the run's owner decided about items (`decisions.py`), in order: the latest row of an item is its decision.
+decisions = run_table(
+    'decisions', _key('seq'),
+    Column('time', Float, nullable=False),
+    Column('split', String(8), nullable=False),
+    Column('item_index', Integer, nullable=False),
+    Column('item', Text, nullable=False),  # the item's identity, as `items.names` has it
+    Column('action', String(16), nullable=False),  # keep / delete / relabel / undo (`decisions.ACTIONS`)
+    Column('label', Text),  # the new class, for relabel
+    cursor='seq')
+
 BatchRow, BlockRow, EpochRow = batches.Row, batch_blocks.Row, epochs.Row
 ConfusionRow, TopLossRow, AlertRow = confusion.Row, top_losses.Row, alerts.Row
+ItemsRow, ItemEpochRow, DecisionRow = items.Row, item_epochs.Row, decisions.Row

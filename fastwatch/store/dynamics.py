@@ -1,0 +1,119 @@
+"""Each item's training dynamics, and what they say across a run.
+
+Every epoch, for each split, the callback records every item's loss, the probability the model gave its label, its
+margin (that probability minus the highest other class's) and the class predicted, from the passes training makes
+anyway (`record/dynamics.py`): one packed row per split and epoch (`ItemValues`, table `item_epochs`).
+
+Across the run they make the data map of "Dataset Cartography" (Swayamdipta et al., 2020): an item's confidence
+(mean probability of its label), variability (its standard deviation across epochs) and correctness (how often it
+was predicted right). Suspect items (likely mislabeled) are ranked by the area under the margin (Pleiss et al.,
+2020), here on probabilities: the mean margin across epochs. A mislabeled item's label keeps losing to the class it
+looks like, epoch after epoch, while a hard but correct item's margin climbs as the model learns it; the last epoch's
+loss alone misses mislabeled items that the model has begun to memorise.
+"""
+from __future__ import annotations
+
+import warnings
+import zlib
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from .tables import ItemEpochRow, ItemsRow
+
+SPLITS = ('train', 'valid')
+UNSEEN = -1  # the label and prediction of an item an epoch did not see (fastai's train loader drops its last batch)
+
+
+@dataclass
+class ItemValues:
+    "One split's values in one epoch, by dataset index; NaN (and `UNSEEN`) for items the epoch did not see."
+    loss: np.ndarray  # float32
+    label_prob: np.ndarray  # float32
+    margin: np.ndarray  # float32
+    predicted: np.ndarray  # int32
+    label: np.ndarray  # int32
+
+    @classmethod
+    def empty(cls, n: int) -> ItemValues:
+        "The values of `n` items, none seen yet."
+        nan, unseen = np.full(n, np.nan, np.float32), np.full(n, UNSEEN, np.int32)
+        return cls(nan, nan.copy(), nan.copy(), unseen, unseen.copy())
+
+    def __len__(self) -> int: return len(self.label)
+
+    @property
+    def seen(self) -> np.ndarray: return self.label != UNSEEN
+
+    def pack(self) -> bytes:
+        "The arrays, one after the other, compressed: what `item_epochs.item_values` holds."
+        return zlib.compress(b''.join(np.ascontiguousarray(getattr(self, f.name)).astype(dtype).tobytes()
+                                      for f, dtype in zip(fields(self), _DTYPES)), 1)
+
+    @classmethod
+    def unpack(cls, n: int, packed: bytes) -> ItemValues:
+        data, arrays, at = zlib.decompress(packed), [], 0
+        for dtype in _DTYPES:
+            size = n * np.dtype(dtype).itemsize
+            arrays.append(np.frombuffer(data, dtype, n, at).astype(dtype.lstrip('<')))
+            at += size
+        return cls(*arrays)
+
+
+_DTYPES = ('<f4', '<f4', '<f4', '<i4', '<i4')  # little-endian, whatever the machine: stores travel
+
+
+@dataclass
+class DataMap:
+    "What a split's recorded epochs say of each of its items (arrays by dataset index; NaN for items never seen)."
+    split: str
+    names: list[str]
+    epochs: list[int]  # the epochs recorded, in order
+    confidence: np.ndarray  # mean probability of the label
+    variability: np.ndarray  # its standard deviation across epochs
+    correctness: np.ndarray  # fraction of epochs predicted right
+    aum: np.ndarray  # mean margin: the area under the margin
+    last: ItemValues  # each item's values in the latest epoch that saw it
+    history: list[ItemValues]  # every epoch's values, in order of `epochs`
+
+    def suspects(self) -> np.ndarray:
+        "Dataset indices of the items seen, most suspect first: lowest area under the margin, then lowest confidence."
+        seen = np.flatnonzero(~np.isnan(self.aum))
+        return seen[np.lexsort((self.confidence[seen], self.aum[seen]))]
+
+    def by_last_loss(self) -> np.ndarray:
+        "Dataset indices of the items seen, highest loss in the latest epoch first (what one epoch's top losses show)."
+        seen = np.flatnonzero(self.last.seen)
+        return seen[np.argsort(-np.nan_to_num(self.last.loss[seen], nan=np.inf), kind='stable')]
+
+    def name(self, index: int) -> str:
+        return self.names[index] if index < len(self.names) else f'#{index}'
+
+
+def data_map(split: str, rows: list[ItemEpochRow], items: ItemsRow | None = None) -> DataMap | None:
+    "The data map of a split from its `item_epochs` rows (any order) and its `items` row; None with no rows."
+    rows = sorted((r for r in rows if r.split == split), key=lambda r: r.epoch)
+    if not rows: return None
+    history = [ItemValues.unpack(r.n_items, r.item_values) for r in rows]
+    n = max(len(h) for h in history)
+    history = [h if len(h) == n else _padded(h, n) for h in history]
+    label_prob = np.stack([h.label_prob for h in history])
+    right = np.stack([np.where(h.seen, (h.predicted == h.label).astype(np.float32), np.nan) for h in history])
+    last = ItemValues.empty(n)
+    for h in history:
+        for f in fields(last): getattr(last, f.name)[h.seen] = getattr(h, f.name)[h.seen]
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)  # an item never seen has no mean: NaN is the answer wanted
+        confidence, variability = np.nanmean(label_prob, 0), np.nanstd(label_prob, 0)
+        correctness = np.nanmean(right, 0)
+        aum = np.nanmean(np.stack([h.margin for h in history]), 0)
+    names = items.names if items is not None else [f'#{i}' for i in range(n)]
+    return DataMap(split, names, [r.epoch for r in rows], confidence, variability, correctness, aum, last, history)
+
+
+def _padded(values: ItemValues, n: int) -> ItemValues:
+    "Values of more items than an epoch saw (a dataset that grew between fits): the new ones unseen."
+    out = ItemValues.empty(n)
+    for f in fields(out): getattr(out, f.name)[:len(values)] = getattr(values, f.name)
+    return out
+
