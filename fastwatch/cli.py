@@ -16,6 +16,7 @@ from .errors import FastwatchError
 COMMANDS = {
     'ls': ('fastwatch.view.terminal', 'ls', []),
     'show': ('fastwatch.view.terminal', 'show', ['run']),
+    'suspects': ('fastwatch.view.terminal', 'suspects', ['run']),
     'serve': ('fastwatch.view.server', 'serve', []),
     'export': ('fastwatch.share.exports', 'export', []),
     'import': ('fastwatch.share.exports', 'import_snapshot', ['path']),

@@ -4,6 +4,7 @@ Used by `fastwatch demo`, the tests and the benchmarks. Imports fastai: training
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,39 @@ def digits_folder(path: str | Path, per_class: int | None = None, valid_pct: flo
             pixels = (digits.images[item] * (255 / 16)).astype(np.uint8)
             Image.fromarray(pixels, mode='L').save(folder / f'{item:04d}.png')
     return path
+
+
+MISLABELLED = '.mislabelled.json'  # written by `mislabel` into the folder's root
+
+
+def mislabel(path: str | Path, fraction: float = 0.05, seed: int = 0) -> list[str]:
+    """Move `fraction` of the training images (`path/train/<class>/*.png`) each into another class's folder, chosen
+    at random (the images and their new classes are the same for the same folder and `seed`): label noise to find.
+
+    Returns the moved images' new paths relative to `path`, as the store names items (`train/7/0879.png`), and keeps
+    them in `path/.mislabelled.json` (`{"fraction", "seed", "moved": {new path: original path}}`). A folder is
+    mislabelled once: a second call raises ValueError (read the marker for the list)."""
+    path = Path(path)
+    marker = path / MISLABELLED
+    if marker.exists():
+        raise ValueError(f'{path} was already mislabelled (the moved images are listed in {marker})')
+    if not 0 <= fraction <= 1: raise ValueError(f'mislabel: fraction must be between 0 and 1, not {fraction}')
+    classes = sorted(d.name for d in (path / 'train').iterdir() if d.is_dir()) if (path / 'train').is_dir() else []
+    if len(classes) < 2: raise ValueError(f'mislabel: {path / "train"} needs at least two class folders')
+    files = sorted(f.relative_to(path) for c in classes for f in (path / 'train' / c).glob('*.png'))
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(files), size=round(fraction * len(files)), replace=False)
+    moves = {}
+    for i in sorted(chosen):
+        old = files[i]
+        others = [c for c in classes if c != old.parent.name]
+        new = old.parent.parent / others[rng.integers(len(others))] / old.name
+        if (path / new).exists() or new in moves: raise ValueError(f'mislabel: {path / new} exists already')
+        moves[new] = old
+    marker.write_text(json.dumps({'fraction': fraction, 'seed': seed,
+                                  'moved': {new.as_posix(): old.as_posix() for new, old in moves.items()}}, indent=1))
+    for new, old in moves.items(): (path / old).rename(path / new)
+    return [new.as_posix() for new in moves]
 
 
 def digits_dls(path: str | Path, size: int = 16, bs: int = 64, **kwargs) -> ImageDataLoaders:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from .tables import ItemEpochRow, ItemsRow
+from .tables import ItemEpochRow, ItemsRow, item_epochs, items
 
 SPLITS = ('train', 'valid')
 UNSEEN = -1  # the label and prediction of an item an epoch did not see (fastai's train loader drops its last batch)
@@ -117,3 +117,9 @@ def _padded(values: ItemValues, n: int) -> ItemValues:
     for f in fields(out): getattr(out, f.name)[:len(values)] = getattr(values, f.name)
     return out
 
+
+
+def read_data_map(store, run_id: str, split: str) -> DataMap | None:
+    "A run's data map of `split`, read from a `Store`; None when the run recorded no values for it."
+    names = store.rows(items, run_id, split=split)
+    return data_map(split, store.rows(item_epochs, run_id, split=split), names[0] if names else None)

@@ -164,11 +164,12 @@ class Store:
         return tuple(self._all(select(func.count(), func.max(runs.c.updated_at)).select_from(runs))[0])
 
     # --- a run's rows -----------------------------------------------------------------------------------
-    def rows(self, table: str | RunTable, run_id: str, since=None) -> list:
-        "A run's rows of a table (typed, JSON columns parsed) in cursor order; only those after cursor `since`."
+    def rows(self, table: str | RunTable, run_id: str, since=None, **equal) -> list:
+        """A run's rows of a table (typed, JSON columns parsed) in cursor order; only those after cursor `since`,
+        and whose columns are `equal` to the values given."""
         entry = run_table(table)
         t = entry.table
-        query = select(t).where(t.c.run_id == run_id)
+        query = select(t).where(t.c.run_id == run_id, *(t.c[name] == value for name, value in equal.items()))
         if since is not None: query = query.where(t.c[entry.cursor] > since)
         return [entry.decode(row) for row in self._all(query.order_by(t.c[entry.cursor], *t.primary_key.columns))]
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 import math
 from json import dumps
 
+from ..errors import StoreError, UsageError
 from ..formats import format_number, format_when, printable
 from ..store import open_store
+from ..store.decisions import current
+from ..store.dynamics import SPLITS, read_data_map
 
 
 def _json_safe(value):
@@ -65,3 +68,49 @@ def show(run: str,  # The run id
         say('\nfinal: ' + ', '.join(f'{c} {format_number(v)}' for c, v in zip(columns[3:-1], rows[-1][3:-1])))
     print('\nrecorded: ' + ', '.join(f'{n} {table}' for table, n in counts.items())
           + (f', {record.lost_rows} batch rows lost' if record.lost_rows else ''))
+
+
+def suspects(run: str,  # The run id
+             store: str = None,  # Store path or SQLAlchemy URL (default: $FASTWATCH_STORE, then ./fastwatch.db)
+             split: str = 'train',  # The items ranked: train or valid
+             top: int = 20,  # How many items
+             json: bool = False):  # Print JSON instead of a table
+    "Rank a run's items by how consistently the model disagreed with their label: likely mislabeled ones first."
+    if split not in SPLITS: raise UsageError(f"--split takes {' or '.join(SPLITS)}, not {split!r}")
+    if top < 1: raise UsageError(f'--top takes a number of items, 1 or more, not {top}')
+    db = open_store(store, readonly=True)
+    record = db.run(run)
+    found = read_data_map(db, run, split)
+    if found is None:
+        raise StoreError(f'run {run} recorded no per-item values for its {split} items (recorded for single-label '
+                         'classification, with WatchCallback(dynamics=True))')
+    vocab = [str(v) for v in record.vocab or []]
+
+    def label(c: int) -> str: return vocab[c] if 0 <= c < len(vocab) else str(c)
+    decided = current(db.rows('decisions', run))
+    last = found.last
+    ranked = [{'rank': rank, 'item': found.name(i), 'index': int(i), 'label': label(int(last.label[i])),
+               'predicted': label(int(last.predicted[i])), 'label_probability': float(last.label_prob[i]),
+               'loss': float(last.loss[i]), 'aum': float(found.aum[i]), 'confidence': float(found.confidence[i]),
+               'variability': float(found.variability[i]), 'correctness': float(found.correctness[i]),
+               'decision': _decision_text(decided.get((split, found.name(i))))}
+              for rank, i in enumerate(found.suspects()[:top], 1)]
+    if json:
+        print(dumps(_json_safe({'run': run, 'split': split, 'epochs': found.epochs, 'items': len(found.names),
+                                'ranking': 'area under the margin (mean margin of the label), lowest first',
+                                'suspects': ranked}), indent=1))
+        return
+    say(f'run {run}: {split} items most likely mislabeled, by the area under the margin over epochs '
+        f'{found.epochs[0]}-{found.epochs[-1]} (of {len(found.names)} items)')
+    print(f"{'rank':>4}  {'aum':>7}  {'conf':>5}  {'var':>5}  {'right':>5}  {'label':<10} {'predicted':<10} "
+          f"{'p(label)':>8}  {'loss':>7}  item")
+    for r in ranked:
+        say(f"{r['rank']:>4}  {r['aum']:>7.3f}  {r['confidence']:>5.2f}  {r['variability']:>5.2f}  "
+            f"{r['correctness']:>5.2f}  {r['label']:<10.10} {r['predicted']:<10.10} {r['label_probability']:>8.3f}  "
+            f"{format_number(r['loss']):>7}  {r['item']}" + (f"  [{r['decision']}]" if r['decision'] else ''))
+
+
+def _decision_text(decision) -> str | None:
+    "A decision as people read it: keep, delete, relabel as C."
+    if decision is None: return None
+    return f'relabel as {decision.label}' if decision.action == 'relabel' else decision.action

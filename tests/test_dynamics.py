@@ -1,0 +1,148 @@
+"""Each item's training dynamics, recorded from fastai's own passes: the validation items' values every epoch are
+what `get_preds(with_loss=True)` gives with that epoch's weights, the training items' add up to the losses fastai
+trained on, every item is named as the data names it, and `fastwatch suspects` ranks them by the stored values."""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+from fastai.callback.core import Callback
+from fastai.callback.mixup import MixUp
+from fastai.metrics import accuracy
+from fastai.tabular.all import CategoryBlock, Normalize, TabularDataLoaders, tabular_learner
+from helpers import cli, train
+from sklearn.datasets import load_wine
+
+from fastwatch import WatchCallback, open_store
+from fastwatch.demo.digits import digits_dls, mislabel
+from fastwatch.store.dynamics import SPLITS, ItemValues, read_data_map
+
+
+class KeepWeights(Callback):
+    "A copy of the model's weights at each epoch's end, after fastwatch has recorded the epoch."
+    order = WatchCallback.order + 1
+
+    def before_fit(self):
+        if not hasattr(self, 'states'): self.states = []
+
+    def after_epoch(self): self.states.append(copy.deepcopy(self.learn.model.state_dict()))
+
+
+@pytest.fixture(scope='module')
+def mislabelled(few_digits, tmp_path_factory):
+    "A fine_tune(2) run on a copy of the digits with 5% of its training images in a wrong class's folder."
+    folder = tmp_path_factory.mktemp('mislabelled') / 'digits'
+    shutil.copytree(few_digits, folder)
+    moved = mislabel(folder, 0.05, seed=1)
+    dls = digits_dls(folder, bs=16)
+    weights = KeepWeights()
+    learn = train(dls, folder.parent / 'runs.db', epochs=2, extra_cbs=[weights])
+    store = open_store(folder.parent / 'runs.db')
+    return {'learn': learn, 'store': store, 'run_id': learn.watch.run_id, 'moved': moved, 'folder': folder,
+            'states': weights.states}
+
+
+def test_validation_items_are_what_get_preds_gives_each_epoch(mislabelled):
+    learn, store, run_id = mislabelled['learn'], mislabelled['store'], mislabelled['run_id']
+    rows = store.rows('item_epochs', run_id, split='valid')
+    assert [r.epoch for r in rows] == [0, 1, 2] == list(range(len(mislabelled['states'])))
+    valid = learn.dls.valid.new(shuffle=False, drop_last=False)
+    for row, state in zip(rows, mislabelled['states']):
+        learn.model.load_state_dict(state)
+        probs, targs, losses = learn.get_preds(dl=valid, with_loss=True)
+        values = ItemValues.unpack(row.n_items, row.item_values)
+        np.testing.assert_allclose(values.loss, losses.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(values.label, targs.numpy())
+        np.testing.assert_array_equal(values.predicted, probs.argmax(1).numpy())
+        label_prob = probs.gather(1, targs[:, None])[:, 0]
+        np.testing.assert_allclose(values.label_prob, label_prob.numpy(), rtol=1e-5, atol=1e-6)
+        others = probs.scatter(1, targs[:, None], -1.0).max(1).values
+        np.testing.assert_allclose(values.margin, (label_prob - others).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_training_items_add_up_to_the_losses_fastai_trained_on(mislabelled):
+    learn, store, run_id = mislabelled['learn'], mislabelled['store'], mislabelled['run_id']
+    train_dl, batches = learn.dls.train, store.batches(run_id)
+    labels = np.array([learn.dls.vocab.o2i[p.parent.name] for p in train_dl.items])
+    rows = store.rows('item_epochs', run_id, split='train')
+    assert [r.epoch for r in rows] == [0, 1, 2]
+    for row in rows:
+        values = ItemValues.unpack(row.n_items, row.item_values)
+        assert len(values) == len(train_dl.dataset)
+        # fastai drops the last partial batch of the shuffled training loader: exactly the others' items are seen.
+        assert values.seen.sum() == len(train_dl) * train_dl.bs
+        np.testing.assert_array_equal(values.label[values.seen], labels[values.seen])
+        assert np.isnan(values.loss[~values.seen]).all()
+        losses = [loss for loss, epoch in zip(batches['loss'], batches['epoch']) if epoch == row.epoch]
+        assert np.nanmean(values.loss) == pytest.approx(np.mean(losses), rel=1e-5)
+        # Each item's margin and probabilities are consistent with its prediction.
+        right = values.predicted[values.seen] == values.label[values.seen]
+        assert ((values.margin[values.seen] > 0) == right).all()
+
+
+def test_items_are_named_as_the_data_names_them(mislabelled):
+    learn, store, run_id, folder = (mislabelled[k] for k in ('learn', 'store', 'run_id', 'folder'))
+    names = {row.split: row for row in store.rows('items', run_id)}
+    assert set(names) == set(SPLITS)
+    for split, dl in (('train', learn.dls.train), ('valid', learn.dls.valid)):
+        row = names[split]
+        assert row.root == str(folder.resolve())
+        assert row.names == [str(p.relative_to(folder)) for p in dl.items]
+        assert row.files == [[p.stat().st_size, p.stat().st_mtime_ns] for p in dl.items]
+    assert set(mislabelled['moved']) <= set(names['train'].names)
+
+
+def test_suspects_ranks_items_by_their_mean_margin(mislabelled, capsys):
+    store, run_id = mislabelled['store'], mislabelled['run_id']
+    margins = np.stack([ItemValues.unpack(r.n_items, r.item_values).margin
+                        for r in store.rows('item_epochs', run_id, split='train')])
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)  # the mean of an item never seen is NaN
+        aum = np.nanmean(margins, 0)
+    names = store.rows('items', run_id, split='train')[0].names
+    seen = np.flatnonzero(~np.isnan(aum))
+    expected = [names[i] for i in seen[np.argsort(aum[seen], kind='stable')][:10]]
+    status, out, err = cli(capsys, 'suspects', run_id, '--store', store.location, '--top', '10', '--json')
+    assert status == 0 and not err
+    found = json.loads(out)
+    assert [s['item'] for s in found['suspects']] == expected
+    assert found['epochs'] == [0, 1, 2] and found['items'] == len(names)
+    first = found['suspects'][0]
+    assert first['aum'] == pytest.approx(float(np.nanmin(aum)), rel=1e-6)
+    status, out, _ = cli(capsys, 'suspects', run_id, '--store', store.location, '--top', '3')
+    assert status == 0 and out.count('\n') == 5 and expected[0] in out.splitlines()[2]
+    status, out, err = cli(capsys, 'suspects', run_id, '--store', store.location, '--split', 'test')
+    assert status == 1 and not out and err.count('\n') == 1 and '--split takes train or valid' in err
+
+
+def test_a_mixup_run_records_no_training_dynamics_and_says_so_once(few_digits, tmp_path, capsys):
+    learn = train(digits_dls(few_digits, bs=16), tmp_path / 'mixup.db', epochs=1, extra_cbs=[MixUp()], quiet=False)
+    out = capsys.readouterr().out
+    assert out.count('no per-item training dynamics') == 1 and 'MixUp' in out
+    store = open_store(tmp_path / 'mixup.db')
+    assert {(r.split, r.epoch) for r in store.rows('item_epochs', learn.watch.run_id)} == {('valid', 0), ('valid', 1)}
+    assert read_data_map(store, learn.watch.run_id, 'train') is None
+
+
+def test_tabular_rows_are_named_by_their_index_and_no_files(tmp_path):
+    data = load_wine(as_frame=True)
+    frame = data.frame.assign(target=data.target.map(dict(enumerate(data.target_names))))
+    frame.index = [f'wine-{i}' for i in range(len(frame))]
+    dls = TabularDataLoaders.from_df(frame, y_names='target', cont_names=list(data.feature_names), procs=[Normalize],
+                                     y_block=CategoryBlock, valid_idx=list(range(0, len(frame), 5)), bs=16,
+                                     num_workers=0)
+    learn = tabular_learner(dls, layers=[16], metrics=accuracy, cbs=WatchCallback(store=tmp_path / 'wine.db'))
+    with learn.no_bar(), learn.no_logging(): learn.fit(2, 1e-2)
+    store = open_store(tmp_path / 'wine.db')
+    names = {row.split: row for row in store.rows('items', learn.watch.run_id)}
+    assert names['valid'].names == [str(i) for i in dls.valid.items.index]
+    assert names['train'].files is None and names['train'].root is None
+    _, targs, losses = learn.get_preds(with_loss=True)
+    last = store.rows('item_epochs', learn.watch.run_id, split='valid')[-1]
+    values = ItemValues.unpack(last.n_items, last.item_values)
+    np.testing.assert_allclose(values.loss, losses.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(values.label, targs.view(-1).numpy())
