@@ -23,6 +23,7 @@ COMMANDS = {
     'share': ('fastwatch.share.binder', 'share', ['run']),
     'publish': ('fastwatch.share.publish', 'publish', ['run']),
     'binder': ('fastwatch.share.binder', 'binder', ['path']),
+    'cleanup': ('fastwatch.clean.cleanup', 'cleanup', ['run']),
     'demo': ('fastwatch.demo.command', 'demo', []),
 }
 

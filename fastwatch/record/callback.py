@@ -26,16 +26,18 @@ from ..store.tables import (
     ConfusionRow,
     EpochRow,
     ItemEpochRow,
+    ItemImageRow,
     ItemsRow,
     TopLossRow,
     confusion,
     epochs,
     item_epochs,
+    item_images,
     items,
     top_losses,
 )
 from .alerts import Alerts, notifiers, notify_urls, parse_alert_on
-from .dynamics import TrainingDynamics
+from .dynamics import SuspectImages, TrainingDynamics
 from .items import item_identities, item_name
 from .network import PublishListener
 from .recording import Recording, Thumbnails
@@ -45,6 +47,8 @@ from .validation import (
     base_loader,
     decoded_inputs,
     distributed_training_pass,
+    reloaded_inputs,
+    render_input,
 )
 from .writer import Writer
 
@@ -313,7 +317,8 @@ class WatchCallback(Callback):
         recording.writer.add_later(rows)
 
     def _record_item_values(self) -> None:
-        "The epoch's values of each split's items; the first time a split has some, the identity of its items."
+        """The epoch's values of each split's items, thumbnails of its new top suspects, and the first time a split
+        has values, the identity of its items."""
         recording, dls = self.recording, self.learn.dls
         found = {split: values for split, values in recording.epoch_values.items() if values is not None}
         recording.epoch_values = {}
@@ -322,14 +327,28 @@ class WatchCallback(Callback):
         if not found: return
         run_id, epoch, root = recording.id, recording.position.epoch, getattr(dls, 'path', None)
         loaders = {'train': dls.train, 'valid': base_loader(dls.valid)}
+        inputs = {split: self._inputs(loaders[split],
+                                      recording.suspects.setdefault(split, SuspectImages()).new_suspects(values))
+                  for split, values in found.items()}
+        size = self.thumb_size
 
-        def rows():  # in the writer's thread: packing, and naming every item, cost the training thread nothing
+        def rows():  # in the writer's thread: packing, rendering and naming every item cost the training thread nothing
             made = {item_epochs.name: [ItemEpochRow(run_id, epoch, split, len(values), values.pack())
-                                       for split, values in found.items()]}
+                                       for split, values in found.items()],
+                    item_images.name: [ItemImageRow(run_id, split, index, epoch, **{
+                        'image': None, 'image_type': None, 'text': None, **render_input(value, size)})
+                        for split, shown in inputs.items() for index, value in shown.items()]}
             if new: made[items.name] = [ItemsRow(run_id, split, epoch, *item_identities(loaders[split], root))
                                         for split in new]
             return made
         recording.writer.add_later(rows)
+
+    @staticmethod
+    def _inputs(dl, indices: list[int]) -> dict:
+        "Item index -> its input as `show_batch` has it; none for items that cannot be decoded (names suffice)."
+        if not indices: return {}
+        try: return dict(zip(indices, reloaded_inputs(dl, indices)))
+        except Exception: return {}
 
     def __getstate__(self):
         "`learn.export()` pickles callbacks: leave out the run being recorded and its lifecycle (a lock, frames)."

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from ..store import RunInfo
 from ..store.dynamics import ItemValues
 from ..store.records import FitInfo
-from .dynamics import TrainingDynamics
+from .dynamics import SuspectImages, TrainingDynamics
 from .validation import render_input
 from .writer import Writer
 
@@ -79,6 +79,7 @@ class Recording:
     dynamics: TrainingDynamics | None = None  # the training items' values, with `dynamics=True`
     epoch_values: dict[str, ItemValues | None] = field(default_factory=dict)  # this epoch's, by split
     named_splits: set[str] = field(default_factory=set)  # splits whose items' identities are recorded
+    suspects: dict[str, SuspectImages] = field(default_factory=dict)  # by split
 
     def start_fit(self, n_epoch: int, lr, frozen: bool, planned_epochs: int) -> None:
         "A fit of the run begins: the next fit number, and what the run's info says about it."

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import StoreError
 from .confusion import cells_of, pack_cells
-from .tables import alerts, confusion, decisions, item_epochs, items, meta, metadata, top_losses
+from .tables import alerts, confusion, decisions, item_epochs, item_images, items, meta, metadata, top_losses
 
 
 def _upgrade_from_1(conn: Connection) -> None:
@@ -37,7 +37,7 @@ def _upgrade_from_1(conn: Connection) -> None:
 
 def _upgrade_from_2(conn: Connection) -> None:
     "Schema 3: each item's training dynamics, and the owner's decisions about items."
-    for entry in (items, item_epochs, decisions): entry.table.create(conn)
+    for entry in (items, item_epochs, item_images, decisions): entry.table.create(conn)
 
 
 # Upgrades from an older schema: {old_version: function(connection)} bringing it to old_version + 1.

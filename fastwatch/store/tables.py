@@ -188,6 +188,15 @@ item_epochs = run_table(
     Column('item_values', LargeBinary, nullable=False),
     cursor='epoch', bound=10_000)
 
+# Thumbnails (or short texts) of the items the data panel shows beyond the top losses: each epoch's top suspects.
+item_images = run_table(
+    'item_images', _key('split', String(8)), _key('item_index'),
+    Column('epoch', Integer, nullable=False),  # the epoch it was first shown in
+    Column('image', LargeBinary),
+    Column('image_type', String(32)),
+    Column('text', Text),
+    cursor='epoch', bound=10_000)
+
 # What the run's owner decided about items (`decisions.py`), in order: the latest row of an item is its decision.
 decisions = run_table(
     'decisions', _key('seq'),
@@ -201,4 +210,4 @@ decisions = run_table(
 
 BatchRow, BlockRow, EpochRow = batches.Row, batch_blocks.Row, epochs.Row
 ConfusionRow, TopLossRow, AlertRow = confusion.Row, top_losses.Row, alerts.Row
-ItemsRow, ItemEpochRow, DecisionRow = items.Row, item_epochs.Row, decisions.Row
+ItemsRow, ItemEpochRow, ItemImageRow, DecisionRow = items.Row, item_epochs.Row, item_images.Row, decisions.Row

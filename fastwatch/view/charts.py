@@ -11,11 +11,20 @@ from dataclasses import dataclass
 import numpy as np
 from bokeh.document import Document
 from bokeh.events import DocumentReady
-from bokeh.models import ColumnDataSource, CustomJSHover, FactorRange, HoverTool, LinearColorMapper, Range1d
-from bokeh.palettes import Blues256, Category10_10
+from bokeh.models import (
+    ColumnDataSource,
+    CustomJSHover,
+    FactorRange,
+    HoverTool,
+    LinearColorMapper,
+    Range1d,
+    TapTool,
+)
+from bokeh.palettes import Blues256, Category10_10, RdYlGn11
 from bokeh.plotting import figure
 
 from ..store.confusion import binned
+from ..store.dynamics import DataMap
 
 COLORS = Category10_10
 PHASE_COLORS = {True: '#9ecae1', False: '#fdd0a2'}  # frozen body / unfrozen, as in fine_tune's two fits
@@ -206,3 +215,46 @@ def most_confused(cells: np.ndarray, vocab: list[str], n: int = 10) -> list[tupl
     mistakes = mistakes[np.lexsort((mistakes[:, 1], mistakes[:, 0]))]  # ties in row-major order, as fastai's
     order = np.argsort(-mistakes[:, 2], kind='stable')[:n]
     return [(vocab[a], vocab[p], int(c)) for a, p, c in mistakes[order]]
+
+
+MAP_POINTS = 20_000  # items drawn one glyph each on the data map; above, binned into one image
+MAP_BINS = 100
+
+
+class DataMapChart:
+    """The data map of "Dataset Cartography": each item's confidence in its label against its variability across
+    epochs, coloured by how often it was predicted right. Hover names the item; a tap picks it (`picked`, a dataset
+    index). Above `MAP_POINTS` items, one image of item counts per bin instead of a glyph an item."""
+
+    def __init__(self, on_pick):
+        self.fig = _figure('Data map', 'variability (std of p(label) across epochs)', 'confidence (mean p(label))',
+                           x_range=Range1d(0, 0.5, bounds=(0, 0.5)), y_range=Range1d(0, 1, bounds=(0, 1)))
+        self.fig.height = 320
+        self.fig.add_tools(TapTool())
+        mapper = LinearColorMapper(palette=RdYlGn11[::-1], low=0, high=1)
+        self.points = ColumnDataSource({k: [] for k in ('x', 'y', 'correct', 'name', 'label', 'index')})
+        dots = self.fig.scatter('x', 'y', source=self.points, size=5, alpha=0.7, line_color=None,
+                                fill_color={'field': 'correct', 'transform': mapper})
+        self.fig.add_tools(_hover(dots, [('item', '@name'), ('label', '@label'), ('confidence', '@y{0.00}'),
+                                         ('variability', '@x{0.00}'), ('right', '@correct{0%}')]))
+        self.bins = ColumnDataSource({'image': []})
+        self.count_mapper = LinearColorMapper(palette=Blues256[::-1], low=0, high=1)
+        self.fig.image('image', x=0, y=0, dw=0.5, dh=1, source=self.bins, color_mapper=self.count_mapper)
+        self.points.selected.on_change('indices', lambda _attr, _old, new: new and on_pick(
+            int(self.points.data['index'][new[0]])))
+        resend_on_ready(self.fig)
+
+    def show(self, found: DataMap, labels: list[str]) -> None:
+        "Draw a split's data map (`labels`: each item's label as shown)."
+        seen = np.flatnonzero(~np.isnan(found.confidence))
+        x, y = np.nan_to_num(found.variability[seen]), found.confidence[seen]
+        if len(seen) > MAP_POINTS:
+            counts, _, _ = np.histogram2d(y, x, bins=MAP_BINS, range=[[0, 1], [0, 0.5]])
+            self.count_mapper.high = max(1, int(counts.max()))
+            self.points.data = {k: [] for k in self.points.data}
+            self.bins.data = {'image': [counts.astype(np.float32)]}
+            return
+        self.bins.data = {'image': []}
+        self.points.data = {'x': x.tolist(), 'y': y.tolist(), 'correct': found.correctness[seen].tolist(),
+                            'name': [found.name(i) for i in seen], 'label': [labels[i] for i in seen],
+                            'index': seen.tolist()}

@@ -21,8 +21,9 @@ from ..store import Store
 from .feed import MAX_POINTS, RunFeed, RunsFeed
 from .follow import FollowPolicy, Poll, follow
 from .html import message_html, style
-from .page import open_view_store, parse_query, store_files
+from .page import OWNER_ENV, open_view_store, parse_query, store_files
 from .panels.chart_grid import CHARTS, COMPACT_CHARTS, ChartGrid
+from .panels.data_panel import DataPanel, OwnerDecisions
 from .panels.epoch_panel import EpochPanel
 from .panels.full_page import FullPage
 from .panels.header import AlertList, Header, StatusLine
@@ -40,17 +41,18 @@ def load_bokehjs() -> None:
 
 # The panels of each layout, top to bottom: the page of `fastwatch serve` and Binder, and the compact view under a
 # notebook cell (`inline.py`: loss and metrics, then the latest epoch, and a way to the full page).
-PAGE = ('header', 'status', 'alerts', 'run_list', 'chart_grid', 'epoch_panel', 'share')
+PAGE = ('header', 'status', 'alerts', 'run_list', 'chart_grid', 'epoch_panel', 'data_panel', 'share')
 NOTEBOOK = ('header', 'status', 'alerts', 'chart_grid', 'epoch_panel', 'full_page')
 
 
 class Dashboard:
     """The dashboard of one store: the shown run's header and alerts, the run list, the charts of the shown run and
-    the runs overlaid on it, its epochs' confusion matrices and top losses, and the Share control; `compact`: the
-    notebook's layout (`NOTEBOOK`), one run's loss and metrics and latest epoch, with a way to the full page."""
+    the runs overlaid on it, its epochs' confusion matrices and top losses, its items (data map, suspects,
+    decisions: `owner` may decide), and the Share control; `compact`: the notebook's layout (`NOTEBOOK`), one run's
+    loss and metrics and latest epoch, with a way to the full page."""
 
     def __init__(self, store: Store, run_id: str | None = None, store_param: str | None = None,
-                 environ: Mapping[str, str] = os.environ, compact: bool = False):
+                 environ: Mapping[str, str] = os.environ, compact: bool = False, owner: bool = False):
         self.store = store
         self.status = StatusLine()
         self.reads = StoreReads(on_error=self.status.error)
@@ -58,9 +60,11 @@ class Dashboard:
         self.run_list = RunList(on_show=self.show)
         self.chart_grid = ChartGrid(COMPACT_CHARTS if compact else CHARTS)
         self.epoch_panel = EpochPanel(store, self.reads)
+        self.data_panel = DataPanel(store, self.reads, OwnerDecisions() if owner else None)
         self.share = SharePanel(environ, store_param, getattr(store, 'published_url', None))
         self.full_page = FullPage(store)
-        panels = [getattr(self, name) for name in (NOTEBOOK if compact else PAGE)]
+        self.layout = NOTEBOOK if compact else PAGE
+        panels = [getattr(self, name) for name in self.layout]
         self.widget = widgets.VBox([widgets.HTML(style(*(panel.css for panel in panels))),
                                     *(panel.widget for panel in panels)], layout=widgets.Layout(width='100%'))
         self.widget.add_class('fastwatch')
@@ -96,6 +100,7 @@ class Dashboard:
         self.chart_grid.show([(i, feed.run.name or i[:8]) for i, feed in feeds.items()], snapshots,
                              main.metric_names())
         self.epoch_panel.show_run(run_id, main.epochs)
+        if 'data_panel' in self.layout: self.data_panel.show_run(run_id)
         self.header.render(main.run, main.epochs, main.last)
         self.alerts.render(main.alerts)
         self.share.render(run_id)
@@ -117,7 +122,9 @@ class Dashboard:
             if not shown: continue
             self.header.render(feed.run, feed.epochs, feed.last)
             if update.alerts: self.alerts.render(feed.alerts)
-            if update.reload or update.epochs: self.epoch_panel.epochs_changed(feed.epochs)
+            if update.reload or update.epochs:
+                self.epoch_panel.epochs_changed(feed.epochs)
+                if 'data_panel' in self.layout: self.data_panel.refresh()
 
     # --- live -------------------------------------------------------------------------------------------
     def refresh(self) -> bool:
@@ -156,7 +163,9 @@ def dashboard(query: str | None = None, environ: Mapping[str, str] = os.environ)
     try:
         params = parse_query(query)
         store = open_view_store(params.get('store'))
-        app = Dashboard(store, params.get('run'), params.get('store'), environ)
+        # The owner's page: the store that `fastwatch serve` serves, not a snapshot, a download or a followed run.
+        owner = 'store' not in params and environ.get(OWNER_ENV) == '1'
+        app = Dashboard(store, params.get('run'), params.get('store'), environ, owner=owner)
     except Exception as e:  # the page says what went wrong, never with a traceback
         known = isinstance(e, FastwatchError)
         message = str(e) if known else f"the dashboard failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}"

@@ -36,6 +36,7 @@ MAX_QUERY = 4096
 SCHEME = re.compile(r'[A-Za-z][A-Za-z0-9+.-]*:')  # file:, data:, javascript:, ...: a URL, not a path
 REMOTE_TIMEOUT = 30  # seconds for a whole download, however slowly its server sends it
 DOWNLOADS_ENV = 'FASTWATCH_DOWNLOADS'
+OWNER_ENV = 'FASTWATCH_OWNER'  # '1': the page of the served store is its owner's (`fastwatch serve` sets it)
 _own_downloads: Path | None = None  # this kernel's downloads folder, when `fastwatch serve` gave it none
 
 

@@ -28,7 +28,7 @@ from ..links import local_url
 from ..remote.fetch import ALLOW_PRIVATE_ENV
 from ..store import display_location, open_store, store_url
 from .compression import CachedGzip
-from .page import DOWNLOADS_ENV
+from .page import DOWNLOADS_ENV, OWNER_ENV
 
 APP = Path(__file__).parent / 'app' / 'dashboard.ipynb'
 BOKEHJS = bokehjs_path()  # BokehJS's own files: js/bokeh.min.js
@@ -155,11 +155,12 @@ def serve(store: str = None,  # store path or URL (default: $FASTWATCH_STORE, th
     downloads = tempfile.mkdtemp(prefix='fastwatch-serve-')  # 0700, this server's alone
     ipython = quiet_kernels()
     # The viewers' kernels inherit these: the store to show, the folder whose stores `?store=` may open, where
-    # they download remote stores, whether those may be on private networks, that the page loads BokehJS, and an
-    # IPython folder of their own whose kernel config keeps their logs out of this terminal.
+    # they download remote stores, whether those may be on private networks, that the page loads BokehJS, that
+    # the served store's pages are its owner's (who may decide about items), and an IPython folder of their own
+    # whose kernel config keeps their logs out of this terminal.
     os.environ.update({'FASTWATCH_STORE': url, 'FASTWATCH_ROOT': folder, DOWNLOADS_ENV: downloads,
                        ALLOW_PRIVATE_ENV: '1' if allow_private_urls else '0', 'FASTWATCH_BOKEHJS': 'page',
-                       'IPYTHONDIR': ipython})
+                       OWNER_ENV: '1', 'IPYTHONDIR': ipython})
     print(f'fastwatch dashboard of {display_location(url)}\n  open {dashboard_url(host, port, secret, run)}\n'
           '  Ctrl-C stops it', flush=True)
     try: DashboardServer.launch_instance(argv=voila_argv(port, host, secret))

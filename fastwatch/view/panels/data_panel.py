@@ -1,0 +1,214 @@
+"""The run's items, to clean the data with: the data map of a split (`charts.DataMapChart`), its suspects (likely
+mislabeled, `store.dynamics`) page by page with thumbnails, the item picked on the map or in the list with its
+history, and the decisions about items (`store.decisions`). Only the run's owner, on the page of the store that
+`fastwatch serve` serves, gets controls to decide; every other page shows the decisions read-only."""
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import ipywidgets as widgets
+
+from ...errors import StoreError
+from ...store import Store, open_store
+from ...store.decisions import ACTIONS, UNDO, current, decide
+from ...store.dynamics import SPLITS, DataMap, read_data_map
+from ...store.tables import DecisionRow, ItemImageRow
+from ..charts import DataMapChart
+from ..html import escape, value_text
+from ..reads import StoreReads
+from .chart_grid import ChartWidget
+from .epoch_panel import IMAGE_TYPES
+from .run_list import GRID
+
+PAGE_SIZE = 16
+
+Decide = Callable[[str, str, int, str, str, 'str | None'], DecisionRow]  # run, split, index, item, action, label
+
+
+class OwnerDecisions:
+    "Decisions recorded into the served store, opened for writing on the first one (`decide`'s arguments)."
+
+    def __init__(self, location: str | None = None):
+        self.location, self.store = location, None
+
+    def __call__(self, run_id: str, split: str, index: int, item: str, action: str, label: str | None) -> DecisionRow:
+        if self.store is None: self.store = open_store(self.location)
+        return decide(self.store, run_id, split, index, item, action, label)
+
+
+@dataclass
+class ItemsRead:
+    "What one read of the store gives the panel: a split's data map, its thumbnails, the run's decisions."
+    split: str
+    found: DataMap | None
+    images: dict[int, ItemImageRow]
+    decided: dict[tuple[str, str], DecisionRow]
+    vocab: list[str]
+
+    def label(self, c: int) -> str: return self.vocab[c] if 0 <= c < len(self.vocab) else str(c)
+
+    def decision_text(self, name: str) -> str:
+        row = self.decided.get((self.split, name))
+        if row is None: return ''
+        return f'relabel as {row.label}' if row.action == 'relabel' else row.action
+
+
+def _thumbnail(image: ItemImageRow | None, name: str) -> str:
+    if image is not None and image.image:
+        kind = image.image_type if image.image_type in IMAGE_TYPES else 'image/png'
+        return (f"<img src='data:{kind};base64,{base64.b64encode(image.image).decode()}' alt='{escape(name)}' "
+                f"title='{escape(name)}'>")
+    return f"<pre title='{escape(name)}'>{escape((image.text if image is not None else None) or name)}</pre>"
+
+
+class DataPanel:
+    "A split's data map and suspects, the picked item's history, and the decisions (`decide`: None on read-only pages)."
+    css = """
+.fw-cards { display: flex; flex-wrap: wrap; gap: 10px; }
+.fw-card { width: 150px; font-size: 11px; line-height: 1.35; overflow-wrap: anywhere; }
+.fw-card img { width: 100px; height: 100px; object-fit: contain; image-rendering: pixelated; background: #eee; }
+.fw-card pre { white-space: pre-wrap; max-height: 8em; overflow: hidden; margin: 0; }
+.fw-decided { color: #8a4b00; font-weight: bold; }
+"""
+
+    def __init__(self, store: Store, reads: StoreReads, decide: Decide | None = None):
+        self.store, self.reads, self.decide = store, reads, decide
+        self.run_id: str | None = None
+        self.read: ItemsRead | None = None
+        self.page = 0
+        self.split = widgets.ToggleButtons(options=SPLITS)
+        self.chart = DataMapChart(self.pick)
+        self.detail, self.note, self.page_label = widgets.HTML(), widgets.HTML(), widgets.HTML()
+        self.previous, self.next = widgets.Button(description='‹ previous'), widgets.Button(description='next ›')
+        self.cards = widgets.Box(layout=widgets.Layout(display='flex', flex_flow='row wrap', width='100%'))
+        self.decisions = widgets.VBox()
+        self.widget = widgets.VBox([
+            widgets.HTML('<h3>Items: data map and suspects</h3>'), self.split, self.note,
+            widgets.Box([ChartWidget(self.chart.fig, layout=widgets.Layout(width='100%')), self.detail], layout=GRID),
+            widgets.HTML('<b>Suspects</b> <span class="fw-muted">(most likely mislabeled first: the lowest mean '
+                         'margin of the label over the epochs)</span>'),
+            widgets.HBox([self.previous, self.page_label, self.next]), self.cards,
+            widgets.HTML('<b>Decisions</b>' + ('' if decide else ' <span class="fw-muted">(read-only: only the '
+                                               "run's owner, on fastwatch serve, can decide)</span>")),
+            self.decisions])
+        self.widget.layout.display = 'none'
+        self.split.observe(lambda _: self._turn(0), 'value')
+        self.previous.on_click(lambda _: self._turn(self.page - 1))
+        self.next.on_click(lambda _: self._turn(self.page + 1))
+
+    # --- reading ----------------------------------------------------------------------------------------
+    def show_run(self, run_id: str) -> None:
+        self.run_id, self.page = run_id, 0
+        self.refresh()
+
+    def refresh(self) -> None:
+        "Read the split's items again (a new epoch, a decision) and show them."
+        run_id, split = self.run_id, self.split.value
+        if run_id is None: return
+        self.reads.then(lambda: self._read(run_id, split), lambda read: run_id == self.run_id and self._render(read))
+
+    def _read(self, run_id: str, split: str) -> ItemsRead:
+        store = self.store
+        return ItemsRead(split, read_data_map(store, run_id, split),
+                         {row.item_index: row for row in store.rows('item_images', run_id, split=split)},
+                         current(store.rows('decisions', run_id)), [str(v) for v in store.run(run_id).vocab or []])
+
+    # --- showing ----------------------------------------------------------------------------------------
+    def _render(self, read: ItemsRead) -> None:
+        self.read, found = read, read.found
+        self.widget.layout.display = None if found is not None or read.decided else 'none'
+        if found is None:
+            self.note.value = f"<p class='fw-muted'>No per-item values recorded for the {read.split} items.</p>"
+            self.cards.children = []
+        else:
+            self.note.value = (f"<p class='fw-muted'>{len(found.names)} {read.split} items over epochs "
+                               f"{found.epochs[0]}-{found.epochs[-1]}; colour: how often each was predicted right. "
+                               'Pick an item on the map for its history.</p>')
+            self.chart.show(found, [read.label(c) for c in found.last.label])
+            self._show_page()
+        self._show_decisions()
+
+    def _turn(self, page: int) -> None:
+        self.page = max(0, page)
+        if self.read is not None and self.read.split != self.split.value: self.refresh()
+        else: self._show_page()
+
+    def _show_page(self) -> None:
+        read = self.read
+        if read is None or read.found is None: return
+        ranked = read.found.suspects()
+        pages = max(1, -(-len(ranked) // PAGE_SIZE))
+        self.page = min(self.page, pages - 1)
+        self.page_label.value = f'&nbsp;page {self.page + 1} of {pages}&nbsp;'
+        self.previous.disabled, self.next.disabled = self.page == 0, self.page >= pages - 1
+        for card in self.cards.children: card.close()
+        at = self.page * PAGE_SIZE
+        self.cards.children = [self._card(rank, int(i)) for rank, i in enumerate(ranked[at:at + PAGE_SIZE], at + 1)]
+
+    def _item_html(self, index: int, rank: int | None = None) -> str:
+        read, found = self.read, self.read.found
+        last, name = found.last, found.name(index)
+        decided = read.decision_text(name)
+        label, predicted = read.label(int(last.label[index])), read.label(int(last.predicted[index]))
+        return (f"<div class='fw-card'>{_thumbnail(read.images.get(index), name)}<br>"
+                + (f'#{rank} ' if rank else '') + f'{escape(name)}<br><b>{escape(label)}</b> / {escape(predicted)}'
+                f"<br>p(label) {value_text(float(last.label_prob[index]), '.2f')} · "
+                f"loss {value_text(float(last.loss[index]), '.3f')}<br>"
+                f"margin {value_text(float(found.aum[index]), '.2f')} · "
+                f"right {value_text(float(found.correctness[index]), '.0%')}"
+                + (f"<br><span class='fw-decided'>{escape(decided)}</span>" if decided else '') + '</div>')
+
+    def _card(self, rank: int, index: int) -> widgets.Widget:
+        html = widgets.HTML(self._item_html(index, rank))
+        if self.decide is None: return html
+        keep, delete = (widgets.Button(description=action, layout=widgets.Layout(width='70px'))
+                        for action in ACTIONS[:2])
+        relabel = widgets.Dropdown(options=[('relabel as…', None), *[(v, v) for v in self.read.vocab]],
+                                   layout=widgets.Layout(width='144px'))
+        keep.on_click(lambda _: self.decide_item(index, 'keep'))
+        delete.on_click(lambda _: self.decide_item(index, 'delete'))
+        relabel.observe(lambda change: change.new is not None and self.decide_item(index, 'relabel', change.new),
+                        'value')
+        return widgets.VBox([html, widgets.HBox([keep, delete]), relabel], layout=widgets.Layout(width='160px'))
+
+    def pick(self, index: int) -> None:
+        "Show an item picked on the map: its thumbnail, label and prediction, and its values every epoch."
+        found = self.read.found if self.read is not None else None
+        if found is None or not 0 <= index < len(found.names): return
+        rows = ''.join(f'<tr><td>{epoch}</td><td>{escape(self.read.label(int(h.predicted[index])))}</td>'
+                       f"<td>{value_text(float(h.label_prob[index]), '.3f')}</td>"
+                       f"<td>{value_text(float(h.loss[index]), '.3f')}</td></tr>"
+                       for epoch, h in zip(found.epochs, found.history) if h.seen[index])
+        self.detail.value = (self._item_html(index) + "<table class='fw-table'><tr><th>epoch</th><th>predicted</th>"
+                             f'<th>p(label)</th><th>loss</th></tr>{rows}</table>')
+
+    def _show_decisions(self) -> None:
+        read = self.read
+        for row in self.decisions.children: row.close()
+        decided = sorted(read.decided.values(), key=lambda row: row.seq)
+        rows = [widgets.HTML(f"<span class='fw-muted'>{len(decided)} decided</span>")]
+        for row in decided:
+            text = widgets.HTML(f'{escape(row.split)} · {escape(row.item)}: <span class="fw-decided">'
+                                f"{escape(read.decision_text(row.item) if row.split == read.split else row.action)}"
+                                '</span>')
+            if self.decide is None:
+                rows.append(text)
+                continue
+            undo = widgets.Button(description='undo', layout=widgets.Layout(width='60px'))
+            undo.on_click(lambda _, row=row: self._record(row.split, row.item_index, row.item, UNDO))
+            rows.append(widgets.HBox([text, undo]))
+        self.decisions.children = rows
+
+    # --- deciding ---------------------------------------------------------------------------------------
+    def decide_item(self, index: int, action: str, label: str | None = None) -> None:
+        "The owner decides about an item of the split shown."
+        self._record(self.read.split, index, self.read.found.name(index), action, label)
+
+    def _record(self, split: str, index: int, item: str, action: str, label: str | None = None) -> None:
+        if self.decide is None:  # no control offers it: a request forged from a read-only page
+            raise StoreError('this page shows decisions read-only: only the run\'s owner, on the page of '
+                             'fastwatch serve, can decide')
+        run_id = self.run_id
+        self.reads.then(lambda: self.decide(run_id, split, index, item, action, label), lambda _: self.refresh())
