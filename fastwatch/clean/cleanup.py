@@ -26,7 +26,7 @@ from ..errors import OutputError, UsageError
 from ..formats import printable
 from ..store import Store, open_store
 from ..store.decisions import current
-from ..store.files import check_new, writing
+from ..store.files import writing
 from ..store.records import RUN_ID
 from ..store.tables import DecisionRow, ItemsRow
 
@@ -194,25 +194,27 @@ def apply_plan(plan: Plan) -> list[Journal]:
     """Make the plan's moves, root by root, and return their journals; `OutputError`, with nothing moved, when a move
     is refused or a cleanup of the run is already applied there. Each root's journal is written before its first
     move, with every move planned, so that a cleanup cut short names all it may have done; then with those done."""
-    if plan.refused: raise OutputError(f'{len(plan.refused)} of the {len(plan.moves)} moves are refused: nothing moved')
+    if plan.refused:
+        raise OutputError(f"{_count(len(plan.refused), 'move')} of {len(plan.moves)} refused: nothing moved")
     for journal in applied(plan.run_id, plan.roots): raise OutputError(f'{_already_applied(journal)}; nothing moved')
     journals = []
     for root in plan.roots:
         moves = [(m.source, m.destination) for m in plan.files if m.root == root]
-        journal = Journal(root, plan.run_id, moves, _make_folders(root, PurePosixPath(TRASH)))
-        journal.write()
-        done = []
+        journal, done = Journal(root, plan.run_id, moves), []
         try:
-            for source, destination in moves:
-                journal.folders += _make_folders(root, PurePosixPath(destination).parent)
-                _rename(root / source, root / destination)
-                done.append((source, destination))
+            journal.folders = _make_folders(root, PurePosixPath(TRASH))
+            journal.write()
+            try:
+                for source, destination in moves:
+                    journal.folders += _make_folders(root, PurePosixPath(destination).parent)
+                    _rename(root / source, root / destination)
+                    done.append((source, destination))
+            finally:
+                journal.moves = done
+                journal.write()
         except OSError as e:
             raise OutputError(f'{e.strerror or e}: {e.filename}; moved {len(done)} of the {len(moves)} files in '
-                              f'{root}: --undo moves them back') from None
-        finally:
-            journal.moves = done
-            journal.write()
+                              f'{root}' + (': --undo moves them back' if done else '')) from None
         journals.append(journal)
     return journals
 
@@ -239,11 +241,11 @@ def undo_journal(journal: Journal) -> None:
             (root / source).parent.mkdir(parents=True, exist_ok=True)
             _rename(root / destination, root / source)
             journal.moves.pop()
+        journal.path.unlink()  # the journal, not data: it only says what the apply moved
     except OSError as e:
-        journal.write()
+        if journal.moves: journal.write()
         raise OutputError(f'{e.strerror or e}: {e.filename}; {len(journal.moves)} files are left to move back, '
                           f'as {journal.path} says') from None
-    journal.path.unlink()  # the journal, not data: it only says what the apply moved
     for folder in reversed(journal.folders):
         try: (root / folder).rmdir()
         except OSError: pass  # not empty: it holds files the cleanup did not put there
@@ -281,7 +283,7 @@ def _count(n: int, word: str) -> str: return f'{n} {word}' + ('' if n == 1 else 
 def _summary(plan: Plan) -> str:
     files = plan.files
     kinds = ', '.join(f'{sum(m.action == action for m in files)} {action}' for action in ('relabel', 'delete'))
-    parts = [f"{_count(len(files), 'move')} in {', '.join(map(str, plan.roots)) or 'no folder'} ({kinds})"]
+    parts = [f"{_count(len(files), 'move')} in {', '.join(map(str, plan.roots))} ({kinds})"]
     if len(files) < len(plan.moves): parts.append(f'{len(plan.moves) - len(files)} not files')
     if plan.unchanged: parts.append(f'{plan.unchanged} unchanged')
     return ', '.join(parts)
@@ -304,8 +306,7 @@ def cleanup(run: str,  # The run id
     finally: db.close()
     if undo: return _undo(run, roots)
     if csv is not None:
-        check_new(Path(csv), force=True)  # a plan written before may be replaced, never a folder
-        with writing(csv, force=True) as tmp: tmp.write_text(plan_csv(plan))
+        with writing(csv, force=True) as tmp: tmp.write_text(plan_csv(plan))  # replaces a plan, never a folder
     if not plan.files and plan.moves:
         # Rows of a table, texts: their ids and new labels are all there is, for the owner's own code.
         if apply: raise UsageError(f"run {run}'s items are not files (rows of a table, texts): nothing to apply; "
@@ -314,18 +315,18 @@ def cleanup(run: str,  # The run id
         else: print(f'wrote the ids and new labels of {_count(len(plan.moves), "item")} to {csv}')
         return
     if not plan.moves:
-        print(f'nothing to do: {_summary(plan)}')
+        print(f'nothing to do: {plan.unchanged} kept, or already in their class folder')
         return
     journals = applied(run, plan.roots)
-    if apply and journals: raise OutputError(_already_applied(journals[0]))
-    # With --apply only refusals, which stop it; with --csv the moves are in the file.
-    shown = plan.refused if (apply and plan.refused) or (csv and not apply) else plan.moves
-    for move in shown: print(printable(move.line()))
     if apply:
-        made = apply_plan(plan)
+        if journals: raise OutputError(f'{_already_applied(journals[0])}; nothing moved')
+        for move in plan.refused: print(printable(move.line()))
+        made = apply_plan(plan)  # refuses when a move is refused
+        for move in plan.moves: print(printable(move.line()))
         print(printable(f"moved: {_summary(plan)}; journal {', '.join(str(j.path) for j in made)}: "
                         '--undo moves them back'))
         return
+    for move in plan.refused if csv else plan.moves: print(printable(move.line()))  # else the moves are in the file
     for journal in journals: print(printable(f'note: {_already_applied(journal)}'))
     then = f'{_count(len(plan.refused), "refusal")}: --apply would move nothing' if plan.refused else \
         '--apply makes them' if plan.files else 'nothing to apply'
@@ -340,7 +341,8 @@ def _already_applied(journal: Journal) -> str:
 def _undo(run_id: str, roots: list[Path]) -> None:
     journals = applied(run_id, roots)
     if not journals:
-        raise UsageError(f"nothing to undo: no cleanup of run {run_id} is applied in {', '.join(map(str, roots))}")
+        raise UsageError(f'nothing to undo: no cleanup of run {run_id} is applied'
+                         + (f" in {', '.join(map(str, roots))}" if roots else ' (its items are not files)'))
     refused = [line for journal in journals for line in undo_refusals(journal)]
     if refused:
         for line in refused: print(printable(line))

@@ -84,6 +84,8 @@ class DataPanel:
         self.previous, self.next = widgets.Button(description='‹ previous'), widgets.Button(description='next ›')
         self.cards = widgets.Box(layout=widgets.Layout(display='flex', flex_flow='row wrap', width='100%'))
         self.decisions = widgets.VBox()
+        for widget, name in (self.cards, 'fw-cards-page'), (self.detail, 'fw-detail'), (self.decisions, 'fw-decisions'):
+            widget.add_class(name)
         self.widget = widgets.VBox([
             widgets.HTML('<h3>Items: data map and suspects</h3>'), self.split, self.note,
             widgets.Box([ChartWidget(self.chart.fig, layout=widgets.Layout(width='100%')), self.detail], layout=GRID),
