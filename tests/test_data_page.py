@@ -16,8 +16,10 @@ from fastwatch import open_store
 from fastwatch.demo.digits import digits_dls, mislabel
 from fastwatch.errors import StoreError
 from fastwatch.store.decisions import current, decide
-from fastwatch.store.dynamics import read_data_map
+from fastwatch.store.dynamics import ItemValues, read_data_map
+from fastwatch.view.charts import most_confused
 from fastwatch.view.dashboard import Dashboard
+from fastwatch.view.panels.epoch_panel import PAIR_ITEMS
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f'no chromium at {CHROMIUM} (.ci/run installs it)')
 # The data map's source in the page's bokeh documents: the one with a `correct` column.
@@ -54,6 +56,11 @@ def test_the_owner_decides_on_suspects_and_the_decisions_survive_a_reload(site, 
     assert cards.count() == 16
     first, second = (found.name(int(i)) for i in found.suspects()[:2])
     assert first in cards.nth(0).inner_text() and second in cards.nth(1).inner_text()
+    page.locator('button', has_text='next ›').click()  # the next 16
+    page.wait_for_selector(f'.fw-cards-page .fw-card:has-text("{found.name(int(found.suspects()[16]))}")')
+    assert cards.count() == 16 and '#17 ' in cards.nth(0).inner_text()
+    page.locator('button', has_text='‹ previous').click()
+    page.wait_for_selector(f'.fw-cards-page .fw-card:has-text("{first}")')
 
     page.locator('.fw-cards-page button', has_text='delete').first.click()
     wait_for(lambda: len(store.rows('decisions', run_id)) == 1, timeout=30)
@@ -98,3 +105,31 @@ def test_a_copy_of_the_store_shows_decisions_read_only_and_its_kernel_refuses_th
     with pytest.raises(StoreError, match='read-only'):
         dashboard.data_panel._record('train', 0, 'train/0/x.png', 'delete')
     assert open_store(copy, readonly=True).rows('decisions', run_id) == before
+
+
+CELL_JS = """([actual, predicted]) => { for (const doc of Bokeh.documents)
+  for (const model of doc._all_models.values()) if (model.data && 'share' in model.data) {
+    const at = model.data.actual.findIndex((a, i) => a === actual && model.data.predicted[i] === predicted);
+    model.selected.indices = [at]; return at; }
+  return -1; }"""
+
+
+def test_a_cell_of_the_confusion_matrix_or_a_pair_shows_its_items(site, page):
+    run_id, store = site['run_id'], open_store(site['store'], readonly=True)
+    last = store.rows('item_epochs', run_id, split='valid')[-1]
+    values = ItemValues.unpack(last.n_items, last.item_values)
+    names = store.rows('items', run_id, split='valid')[0].names
+    vocab = [str(v) for v in store.run(run_id).vocab]
+    page.goto(with_query(site['url'], run=run_id))
+    page.wait_for_selector('text=Most confused', timeout=60_000)
+    actual, predicted, _ = max(store.confusion(run_id).cells.tolist(), key=lambda cell: cell[2])  # the fullest
+    page.wait_for_function(f'({CELL_JS})(["{vocab[actual]}", "{vocab[predicted]}"]) >= 0', timeout=30_000)
+    cell = np.flatnonzero((values.label == actual) & (values.predicted == predicted))
+    page.wait_for_selector(f'.fw-pair-items >> text={len(cell)} items of actual', timeout=30_000)
+    assert page.locator('.fw-pair-items figure').count() == min(len(cell), PAIR_ITEMS)
+    worst = cell[np.argmax(values.loss[cell])]
+    assert names[worst] in page.locator('.fw-pair-items figure').first.inner_text()
+    a, p, n = most_confused(store.confusion(run_id).cells, vocab)[0]
+    page.locator('select').filter(has_text='a cell or pair…').select_option(f'{a} → {p} ({n})')
+    page.wait_for_selector(f'.fw-pair-items >> text={n} items of actual', timeout=30_000)
+    assert page.locator('.fw-pair-items figure').count() == min(n, PAIR_ITEMS)

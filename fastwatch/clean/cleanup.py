@@ -60,6 +60,7 @@ class Move:
         return f'move {self.source} -> {self.destination}  ({self.why})'
 
     def cells(self, columns: tuple[str, ...]) -> list[str]:
+        "The move's row of the plan's CSV."
         return [getattr(self, column) or '' for column in columns]
 
 
@@ -154,7 +155,7 @@ def _move(items: ItemsRow | None, row: DecisionRow, vocab: list[str]) -> Move | 
     if items.root is None or items.files is None: return move  # not files: nothing to move
     root = Path(items.root)
     move = replace(move, root=root)
-    if _inside(root, row.item) is None: return replace(move, refused=f'outside the data folder {root}')
+    if not _inside(root, row.item): return replace(move, refused=f'outside the data folder {root}')
     source = PurePosixPath(row.item)
     if row.action == 'delete': destination = PurePosixPath(TRASH) / source
     else:  # beside its class folder when it is in one (train/3/x.png -> train/7/x.png), else at the root's top
@@ -162,9 +163,10 @@ def _move(items: ItemsRow | None, row: DecisionRow, vocab: list[str]) -> Move | 
         destination = folder / row.label / source.name
     if destination == source: return None
     move = replace(move, destination=str(destination))
-    if _inside(root, destination) is None: return replace(move, refused=f'{destination} is outside the data folder')
-    index = row.item_index if row.item_index < len(items.names) and items.names[row.item_index] == row.item else (
-        items.names.index(row.item) if row.item in items.names else None)
+    if not _inside(root, destination): return replace(move, refused=f'{destination} is outside the data folder')
+    names = items.names
+    index = row.item_index if 0 <= row.item_index < len(names) and names[row.item_index] == row.item else (
+        names.index(row.item) if row.item in names else None)
     if index is None or items.files[index] is None: return replace(move, refused='not a file the run recorded')
     try: info = (root / source).stat()
     except FileNotFoundError:
@@ -176,13 +178,12 @@ def _move(items: ItemsRow | None, row: DecisionRow, vocab: list[str]) -> Move | 
     return move
 
 
-def _inside(root: Path, name: str | PurePosixPath) -> Path | None:
-    "`root/name` when it is under `root`, its links followed; None when the name leads elsewhere."
+def _inside(root: Path, name: str | PurePosixPath) -> bool:
+    "Whether `root/name` is under `root`, its links followed (an absolute name, `..` or a link may lead elsewhere)."
     relative = PurePosixPath(name)
-    if relative.is_absolute() or '..' in relative.parts or not relative.parts: return None
-    try: inside = (root / relative).resolve().is_relative_to(root.resolve())
-    except (OSError, ValueError): return None  # a loop of links, a NUL in the name
-    return root / relative if inside else None
+    if relative.is_absolute() or '..' in relative.parts or not relative.parts: return False
+    try: return (root / relative).resolve().is_relative_to(root.resolve())
+    except (OSError, ValueError): return False  # a loop of links, a NUL in the name
 
 
 def applied(run_id: str, roots: list[Path]) -> list[Journal]:
@@ -194,9 +195,10 @@ def apply_plan(plan: Plan) -> list[Journal]:
     """Make the plan's moves, root by root, and return their journals; `OutputError`, with nothing moved, when a move
     is refused or a cleanup of the run is already applied there. Each root's journal is written before its first
     move, with every move planned, so that a cleanup cut short names all it may have done; then with those done."""
+    for journal in applied(plan.run_id, plan.roots):  # before the refusals: its moves are why most are refused
+        raise OutputError(_already_applied(journal, 'nothing moved; --undo it first'))
     if plan.refused:
         raise OutputError(f"{_count(len(plan.refused), 'move')} of {len(plan.moves)} refused: nothing moved")
-    for journal in applied(plan.run_id, plan.roots): raise OutputError(f'{_already_applied(journal)}; nothing moved')
     journals = []
     for root in plan.roots:
         moves = [(m.source, m.destination) for m in plan.files if m.root == root]
@@ -223,7 +225,7 @@ def undo_refusals(journal: Journal) -> list[str]:
     "Why moves of an applied cleanup cannot be taken back: a moved file gone, its first place taken."
     refused, root = [], journal.root
     for source, destination in journal.moves:
-        if _inside(root, source) is None or _inside(root, destination) is None: reason = 'outside the data folder'
+        if not (_inside(root, source) and _inside(root, destination)): reason = 'outside the data folder'
         elif not os.path.lexists(root / destination): reason = f'{destination} is missing'
         elif os.path.lexists(root / source): reason = f'{source} is taken'
         else: continue
@@ -319,23 +321,22 @@ def cleanup(run: str,  # The run id
         return
     journals = applied(run, plan.roots)
     if apply:
-        if journals: raise OutputError(f'{_already_applied(journals[0])}; nothing moved')
-        for move in plan.refused: print(printable(move.line()))
-        made = apply_plan(plan)  # refuses when a move is refused
+        if not journals:
+            for move in plan.refused: print(printable(move.line()))
+        made = apply_plan(plan)  # refuses an applied cleanup, or a refused move
         for move in plan.moves: print(printable(move.line()))
         print(printable(f"moved: {_summary(plan)}; journal {', '.join(str(j.path) for j in made)}: "
                         '--undo moves them back'))
         return
     for move in plan.refused if csv else plan.moves: print(printable(move.line()))  # else the moves are in the file
-    for journal in journals: print(printable(f'note: {_already_applied(journal)}'))
+    for journal in journals: print(printable(f"note: {_already_applied(journal, '--undo moves its files back')}"))
     then = f'{_count(len(plan.refused), "refusal")}: --apply would move nothing' if plan.refused else \
         '--apply makes them' if plan.files else 'nothing to apply'
     print(printable(f'planned: {_summary(plan)}' + (f'; written to {csv}' if csv else '') + f'; {then}'))
 
 
-def _already_applied(journal: Journal) -> str:
-    return (f'the cleanup of run {journal.run_id} is already applied in {journal.root} ({journal.path}): '
-            '--undo moves its files back')
+def _already_applied(journal: Journal, then: str) -> str:
+    return f'the cleanup of run {journal.run_id} is already applied in {journal.root} ({journal.path}): {then}'
 
 
 def _undo(run_id: str, roots: list[Path]) -> None:

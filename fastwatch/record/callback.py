@@ -197,7 +197,7 @@ class WatchCallback(Callback):
         # One collector a pass, on a stack: an evaluation run inside this pass (from a callback's after_validate)
         # gets its own entry, None, and its batches never reach this pass's collector.
         collect = self.lifecycle.recording if distributed is None else distributed
-        self.collectors.append(ValidationCollector(self.learn, self.top_k) if collect else None)
+        self.collectors.append(ValidationCollector(self.learn, self.top_k, self.dynamics) if collect else None)
 
     def after_validate(self):
         result = self._pass_result()

@@ -75,8 +75,9 @@ class ValidationCollector:
     highest-loss items as the pass goes, so that their thumbnails need no second trip through the data pipeline;
     other inputs (text, tabular rows) are reloaded for the items shown."""
 
-    def __init__(self, learn: Learner, k: int):
-        self.learn, self.k = learn, k
+    def __init__(self, learn: Learner, k: int, values: bool = True):
+        "`k`: the highest-loss items kept; `values`: also every item's values (`ItemValues`)."
+        self.learn, self.k, self.values = learn, k, values
         self.classification, self.n_classes = True, None
         self.pending, self.pending_values = [], 0  # (pred, targ, images) of batches not reduced yet, their values
         self.reduced = 0  # items reduced so far: the pass position of the first pending one
@@ -154,7 +155,8 @@ class ValidationCollector:
                        'probability': chunks.probability[at]}
             columns = {name: values.cpu().numpy() for name, values in columns.items()}
             images = self._images_at(at)
-            values = None if isinstance(self.learn.dl, DistributedDL) else self._values(chunks, indices)
+            whole = self.values and not isinstance(self.learn.dl, DistributedDL)
+            values = self._values(chunks, indices) if whole else None
         return {'n_classes': n, 'cells': np.column_stack([pairs // n, pairs % n, counts]).astype(np.int64),
                 'top': {'index': indices[at.cpu().numpy()], **columns}, 'images': images, 'values': values}
 
@@ -167,7 +169,8 @@ class ValidationCollector:
     def result(self) -> dict | None:
         """`{'n_classes', 'cells': (k, 3) (actual, predicted, count), 'top': [{'index', 'loss', 'actual', 'predicted',
         'probability', 'input_image'}], 'values'}` with dataset indices, highest loss first (`input_image`: the input
-        the pass saw, when kept, else None; `values`: every item's `ItemValues`, except under `distrib_ctx`); None when
+        the pass saw, when kept, else None; `values`: every item's `ItemValues`, when asked for and not under
+        `distrib_ctx`); None when
         the pass is not single-label classification, and on every rank but 0 under `distrib_ctx`."""
         if not isinstance(self.learn.dl, DistributedDL): return self._merge([self._local()])
         try: local = self._local()

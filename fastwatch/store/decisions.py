@@ -29,6 +29,12 @@ def current(rows: list[DecisionRow]) -> dict[tuple[str, str], DecisionRow]:
     return found
 
 
+def decision_text(decision: DecisionRow | None) -> str | None:
+    "A decision as people read it: keep, delete, relabel as C (None for no decision)."
+    if decision is None: return None
+    return f'relabel as {decision.label}' if decision.action == 'relabel' else decision.action
+
+
 def decide(store: Store, run_id: str, split: str, item_index: int, item: str, action: str,
            label: str | None = None) -> DecisionRow:
     """Record a decision about an item of run `run_id` (`action`: keep, delete, relabel with `label`, or undo);

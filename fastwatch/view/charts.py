@@ -148,14 +148,21 @@ class ConfusionChart:
     Up to DENSE_CLASSES classes a rect and its count per cell; above, one `image` glyph without text (one array,
     at most IMAGE_SIDE² bins of classes), whose hover names the classes under the pointer."""
 
-    def __init__(self, vocab: list[str]):
+    def __init__(self, vocab: list[str], on_pick=None):
+        "`on_pick(actual, predicted)`: class indices of a cell tapped (drawn a rect a cell, up to DENSE_CLASSES)."
         names = [str(v) for v in vocab]
         self.names, self.dense = names, len(names) <= DENSE_CLASSES
         size = min(560, 200 + 36 * len(names))
         common = dict(title='Confusion matrix', height=size, sizing_mode='stretch_width', max_width=size + 100,
                       toolbar_location=None, x_axis_label='predicted', y_axis_label='actual')
         mapper = LinearColorMapper(palette=Blues256[::-1], low=0, high=1)
-        if self.dense: self._cells(names, mapper, common)
+        if self.dense:
+            self._cells(names, mapper, common)
+            if on_pick is not None:
+                self.fig.add_tools(TapTool())
+                index = {name: i for i, name in enumerate(names)}
+                self.source.selected.on_change('indices', lambda _attr, _old, new: new and on_pick(
+                    index[self.source.data['actual'][new[0]]], index[self.source.data['predicted'][new[0]]]))
         else: self._image(names, mapper, common)
         self.fig.grid.grid_line_color = None
         resend_on_ready(self.fig)

@@ -34,6 +34,11 @@ def value_text(value: float | None, spec: str) -> str:
     return format(value, spec) if math.isfinite(value) else format_number(value)
 
 
+def class_label(vocab: list[str], c: int) -> str:
+    "Class `c` of a run's vocabulary as shown (its number when the run has no such class)."
+    return vocab[c] if 0 <= c < len(vocab) else str(c)
+
+
 def run_label(run: RunRecord) -> str:
     "How a run is named in lists: name, state, start and the first characters of its id."
     return f"{run.name or 'run'} · {run.state} · {format_when(run.created_at)[:16]} · {run.id[:8]}"

@@ -7,8 +7,9 @@ from json import dumps
 from ..errors import StoreError, UsageError
 from ..formats import format_number, format_when, printable
 from ..store import open_store
-from ..store.decisions import current
+from ..store.decisions import current, decision_text
 from ..store.dynamics import SPLITS, read_data_map
+from .html import class_label
 
 
 def _json_safe(value):
@@ -85,15 +86,13 @@ def suspects(run: str,  # The run id
         raise StoreError(f'run {run} recorded no per-item values for its {split} items (recorded for single-label '
                          'classification, with WatchCallback(dynamics=True))')
     vocab = [str(v) for v in record.vocab or []]
-
-    def label(c: int) -> str: return vocab[c] if 0 <= c < len(vocab) else str(c)
     decided = current(db.rows('decisions', run))
     last = found.last
-    ranked = [{'rank': rank, 'item': found.name(i), 'index': int(i), 'label': label(int(last.label[i])),
-               'predicted': label(int(last.predicted[i])), 'label_probability': float(last.label_prob[i]),
+    ranked = [{'rank': rank, 'item': found.name(i), 'index': int(i), 'label': class_label(vocab, int(last.label[i])),
+               'predicted': class_label(vocab, int(last.predicted[i])), 'label_probability': float(last.label_prob[i]),
                'loss': float(last.loss[i]), 'aum': float(found.aum[i]), 'confidence': float(found.confidence[i]),
                'variability': float(found.variability[i]), 'correctness': float(found.correctness[i]),
-               'decision': _decision_text(decided.get((split, found.name(i))))}
+               'decision': decision_text(decided.get((split, found.name(i))))}
               for rank, i in enumerate(found.suspects()[:top], 1)]
     if json:
         print(dumps(_json_safe({'run': run, 'split': split, 'epochs': found.epochs, 'items': len(found.names),
@@ -108,9 +107,3 @@ def suspects(run: str,  # The run id
         say(f"{r['rank']:>4}  {r['aum']:>7.3f}  {r['confidence']:>5.2f}  {r['variability']:>5.2f}  "
             f"{r['correctness']:>5.2f}  {r['label']:<10.10} {r['predicted']:<10.10} {r['label_probability']:>8.3f}  "
             f"{format_number(r['loss']):>7}  {r['item']}" + (f"  [{r['decision']}]" if r['decision'] else ''))
-
-
-def _decision_text(decision) -> str | None:
-    "A decision as people read it: keep, delete, relabel as C."
-    if decision is None: return None
-    return f'relabel as {decision.label}' if decision.action == 'relabel' else decision.action

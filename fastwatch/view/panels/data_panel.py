@@ -4,7 +4,6 @@ history, and the decisions about items (`store.decisions`). Only the run's owner
 `fastwatch serve` serves, gets controls to decide; every other page shows the decisions read-only."""
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,14 +11,14 @@ import ipywidgets as widgets
 
 from ...errors import StoreError
 from ...store import Store, open_store
-from ...store.decisions import ACTIONS, UNDO, current, decide
+from ...store.decisions import ACTIONS, UNDO, current, decide, decision_text
 from ...store.dynamics import SPLITS, DataMap, read_data_map
 from ...store.tables import DecisionRow, ItemImageRow
 from ..charts import DataMapChart
-from ..html import escape, value_text
+from ..html import class_label, escape, value_text
 from ..reads import StoreReads
 from .chart_grid import ChartWidget
-from .epoch_panel import IMAGE_TYPES
+from .epoch_panel import decision_html, thumbnail_html
 from .run_list import GRID
 
 PAGE_SIZE = 16
@@ -47,20 +46,11 @@ class ItemsRead:
     decided: dict[tuple[str, str], DecisionRow]
     vocab: list[str]
 
-    def label(self, c: int) -> str: return self.vocab[c] if 0 <= c < len(self.vocab) else str(c)
-
-    def decision_text(self, name: str) -> str:
-        row = self.decided.get((self.split, name))
-        if row is None: return ''
-        return f'relabel as {row.label}' if row.action == 'relabel' else row.action
+    def label(self, c: int) -> str: return class_label(self.vocab, c)
 
 
 def _thumbnail(image: ItemImageRow | None, name: str) -> str:
-    if image is not None and image.image:
-        kind = image.image_type if image.image_type in IMAGE_TYPES else 'image/png'
-        return (f"<img src='data:{kind};base64,{base64.b64encode(image.image).decode()}' alt='{escape(name)}' "
-                f"title='{escape(name)}'>")
-    return f"<pre title='{escape(name)}'>{escape((image.text if image is not None else None) or name)}</pre>"
+    return thumbnail_html(*((image.image, image.image_type, image.text) if image else (None, None, None)), name)
 
 
 class DataPanel:
@@ -152,7 +142,6 @@ class DataPanel:
     def _item_html(self, index: int, rank: int | None = None) -> str:
         read, found = self.read, self.read.found
         last, name = found.last, found.name(index)
-        decided = read.decision_text(name)
         label, predicted = read.label(int(last.label[index])), read.label(int(last.predicted[index]))
         return (f"<div class='fw-card'>{_thumbnail(read.images.get(index), name)}<br>"
                 + (f'#{rank} ' if rank else '') + f'{escape(name)}<br><b>{escape(label)}</b> / {escape(predicted)}'
@@ -160,7 +149,7 @@ class DataPanel:
                 f"loss {value_text(float(last.loss[index]), '.3f')}<br>"
                 f"margin {value_text(float(found.aum[index]), '.2f')} · "
                 f"right {value_text(float(found.correctness[index]), '.0%')}"
-                + (f"<br><span class='fw-decided'>{escape(decided)}</span>" if decided else '') + '</div>')
+                + decision_html(read.decided.get((read.split, name))) + '</div>')
 
     def _card(self, rank: int, index: int) -> widgets.Widget:
         html = widgets.HTML(self._item_html(index, rank))
@@ -193,8 +182,7 @@ class DataPanel:
         rows = [widgets.HTML(f"<span class='fw-muted'>{len(decided)} decided</span>")]
         for row in decided:
             text = widgets.HTML(f'{escape(row.split)} · {escape(row.item)}: <span class="fw-decided">'
-                                f"{escape(read.decision_text(row.item) if row.split == read.split else row.action)}"
-                                '</span>')
+                                f'{escape(decision_text(row))}</span>')
             if self.decide is None:
                 rows.append(text)
                 continue
