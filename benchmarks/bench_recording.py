@@ -1,13 +1,16 @@
 """What recording costs training: fine_tune wall time with WatchCallback against no callback, fastai's CSVLogger
 and TensorBoardCallback, interleaved round by round, with an A/A pair for the noise floor; the callback's own
-time in the training thread; process CPU time (which includes the writer thread); and the cost of collecting the
-confusion matrix and top losses during the validation pass against ClassificationInterpretation.
+time in the training thread; process CPU time (which includes the writer thread); WatchCallback() (per-item dynamics
+on, the default) against WatchCallback(dynamics=False), paired in the same rounds with an A/A pair of its own; and the
+cost of collecting the confusion matrix and top losses during the validation pass against
+ClassificationInterpretation.
 
     python benchmarks/bench_recording.py [--rounds 10] [--epochs 2]
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import tempfile
@@ -64,6 +67,22 @@ def spent_by_kind(spent: dict[str, float]) -> dict[str, float]:
     return kinds
 
 
+def spent_by_event_kind(spent: dict[str, float]) -> dict[str, float]:
+    "The callback's time grouped finer than `spent_by_kind`: the training batches' after_batch apart from epoch ends."
+    kinds = {'  training batches: after_batch train': 0.0, '  training batches: other batch events': 0.0,
+             '  epoch ends (after_train, after_epoch)': 0.0, '  validation (collect, confusion, top losses)': 0.0,
+             '  fit start and end (run record, final flush)': 0.0}
+    names = list(kinds)
+    for event, seconds in spent.items():
+        kind = (names[0] if event == 'after_batch train'
+                else names[2] if event in ('before_epoch', 'after_train', 'after_epoch')
+                else names[3] if event in ('before_validate', 'after_batch valid', 'after_validate')
+                else names[4] if event in ('before_fit', 'after_fit', 'before_train', 'after_create')
+                else names[1])
+        kinds[kind] += seconds
+    return kinds
+
+
 def tensor_dls(bs: int = 64) -> DataLoaders:
     "The digits as in-memory tensors (64 pixels each): no image decoding, so a step of a small MLP takes ~1 ms."
     from sklearn.datasets import load_digits
@@ -86,40 +105,53 @@ def run_case(dls, arch: str, make_cbs, epochs: int) -> tuple[float, float, list]
     return time.perf_counter() - wall, time.process_time() - cpu, learn
 
 
+# The cases whose callback's own time is counted: WatchCallback as it comes (dynamics on), and without dynamics.
+ON, OFF, OFF_AA = 'WatchCallback', 'WatchCallback(dynamics=False)', 'WatchCallback(dynamics=False) (A/A)'
+TIMED = (ON, OFF, OFF_AA)
+SHOWN = ('none', 'none (A/A)', 'WatchCallback', 'CSVLogger', 'TensorBoardCallback')  # the first table's cases
+
+
 def bench_overhead(dls, arch: str, rounds: int, epochs: int, work: Path) -> None:
     cases = {
         'none': lambda: [],
         'none (A/A)': lambda: [],
         'WatchCallback': lambda: [TimedWatchCallback(store=work / f'{arch}.db')],
+        OFF: lambda: [TimedWatchCallback(store=work / f'{arch}-off.db', dynamics=False)],
+        OFF_AA: lambda: [TimedWatchCallback(store=work / f'{arch}-off-aa.db', dynamics=False)],
         'CSVLogger': lambda: [CSVLogger(fname=str(work / 'history.csv'))],
         'TensorBoardCallback': lambda: [TensorBoardCallback(log_dir=str(work / 'tb'), trace_model=False,
                                                          log_preds=arch != 'mlp')],  # fastai logs image preds only
     }
     wall = {name: [] for name in cases}
     cpu = {name: [] for name in cases}
-    spent, spent_cpu, steps, writer_cpu, writer = {}, {}, 0, 0.0, None
+    spent = {name: {} for name in TIMED}
+    spent_cpu = {name: {} for name in TIMED}
+    writer_cpu, writers, steps = dict.fromkeys(TIMED, 0.0), dict.fromkeys(TIMED), 0
     run_case(dls, arch, lambda: [], 1)  # warm-up
     for _ in range(rounds):
         for name, make in cases.items():
             # The writer thread lives on between rounds (one per store and process): count its CPU per round.
-            writer_before = thread_cpu(writer._thread) if writer is not None and name == 'WatchCallback' else 0.0
+            writer = writers.get(name)
+            writer_before = thread_cpu(writer._thread) if writer is not None else 0.0
             seconds, cpu_seconds, learn = run_case(dls, arch, make, epochs)
             wall[name].append(seconds); cpu[name].append(cpu_seconds)
-            if name == 'WatchCallback':
+            if name in TIMED:
                 watch = next(cb for cb in learn.cbs if isinstance(cb, TimedWatchCallback))
-                for event, seconds in watch.spent.items(): spent[event] = spent.get(event, 0.0) + seconds
-                for event, seconds in watch.spent_cpu.items(): spent_cpu[event] = spent_cpu.get(event, 0.0) + seconds
-                steps += (epochs + 1) * (len(dls.train) + len(dls.valid))
-                writer = watch.writer
-                writer_cpu += thread_cpu(writer._thread) - writer_before
-    callback_time, callback_cpu = sum(spent.values()), sum(spent_cpu.values())
+                for event, seconds in watch.spent.items():
+                    spent[name][event] = spent[name].get(event, 0.0) + seconds
+                for event, seconds in watch.spent_cpu.items():
+                    spent_cpu[name][event] = spent_cpu[name].get(event, 0.0) + seconds
+                writers[name] = watch.writer
+                writer_cpu[name] += thread_cpu(watch.writer._thread) - writer_before
+        steps += (epochs + 1) * (len(dls.train) + len(dls.valid))
+    callback_time, callback_cpu = sum(spent[ON].values()), sum(spent_cpu[ON].values())
     base = wall['none']
     floor = statistics.median((a - b) / b for a, b in zip(wall['none (A/A)'], base))
     cpu_floor = statistics.median((a - b) / b for a, b in zip(cpu['none (A/A)'], cpu['none']))
     print(f'\n## fine_tune({epochs}) of {arch} on digits: {rounds} interleaved rounds '
           f'(median step {1000 * statistics.median(base) / ((epochs + 1) * (len(dls.train) + len(dls.valid))):.1f} ms)')
     print(f"{'case':<22}{'min s':>8}{'median s':>10}{'paired wall':>14}{'paired CPU':>12}{'CPU ratio':>11}")
-    for name in cases:
+    for name in SHOWN:
         diff = statistics.median((a - b) / b for a, b in zip(wall[name], base))
         cpu_diff = statistics.median((a - b) / b for a, b in zip(cpu[name], cpu['none']))
         shown = pct(diff) if abs(diff) > abs(floor) or name == 'none' else 'below noise'
@@ -133,10 +165,48 @@ def bench_overhead(dls, arch: str, rounds: int, epochs: int, work: Path) -> None
     print(f'WatchCallback in the training thread: {1e6 * callback_time / steps:.1f} us wall per batch on average '
           f'= {100 * callback_time / steps / batch_time:.2f}% of the mean batch time; {1e6 * callback_cpu / steps:.1f}'
           f' us CPU = {100 * callback_cpu / steps / batch_cpu:.2f}% of the mean batch CPU time; by kind of work:')
-    for (kind, share), share_cpu in zip(spent_by_kind(spent).items(), spent_by_kind(spent_cpu).values()):
+    for (kind, share), share_cpu in zip(spent_by_kind(spent[ON]).items(), spent_by_kind(spent_cpu[ON]).values()):
         print(f'  {kind:<60}{1e6 * share / steps:>8.1f} us wall {1e6 * share_cpu / steps:>8.1f} us CPU per batch')
-    print(f'writer thread: {1e6 * writer_cpu / steps:.1f} us CPU per batch = '
-          f'{100 * writer_cpu / steps / batch_cpu:.2f}% of the mean batch CPU time (rows, store writes, thumbnails)')
+    writer_time = writer_cpu[ON]
+    print(f'writer thread: {1e6 * writer_time / steps:.1f} us CPU per batch = '
+          f'{100 * writer_time / steps / batch_cpu:.2f}% of the mean batch CPU time (rows, store writes, thumbnails)')
+    bench_dynamics(wall, cpu, spent, spent_cpu, writer_cpu, steps, batch_cpu)
+
+
+def bench_dynamics(wall: dict, cpu: dict, spent: dict, spent_cpu: dict, writer_cpu: dict, steps: int,
+                   batch_cpu: float) -> None:
+    """Recording every item's values each epoch (`dynamics`, on by default) against WatchCallback without them,
+    paired round by round: the median of the rounds' wall and CPU ratios, the A/A pair's for the noise floor."""
+    def ratio(times: dict, name: str) -> float:
+        return statistics.median(a / b for a, b in zip(times[name], times[OFF]))
+
+    floor, cpu_floor = ratio(wall, OFF_AA) - 1, ratio(cpu, OFF_AA) - 1
+    print(f'\nper-item dynamics: WatchCallback() (dynamics on, the default) against {OFF}, median of the paired ratios')
+    print(f"{'case':<40}{'wall ratio':>12}{'CPU ratio':>12}{'wall':>14}{'CPU':>14}")
+    for name, label in ((OFF_AA, OFF_AA), (ON, 'WatchCallback() (dynamics)')):
+        diff, cpu_diff = ratio(wall, name) - 1, ratio(cpu, name) - 1
+        shown = pct(diff) if abs(diff) > abs(floor) else 'below noise'
+        cpu_shown = pct(cpu_diff) if abs(cpu_diff) > abs(cpu_floor) else 'below noise'
+        print(f'{label:<40}{1 + diff:>12.3f}{1 + cpu_diff:>12.3f}{shown:>14}{cpu_shown:>14}')
+    print(f'noise floor (A/A median paired ratio - 1): wall {pct(floor)}, CPU {pct(cpu_floor)}')
+    names = {ON: 'WatchCallback() (dynamics)', OFF: OFF}
+    print(f"{'per batch, us (wall / CPU)':<60}" + ''.join(f'{names[name]:>32}' for name in (ON, OFF)))
+    kinds = {name: (spent_by_event_kind(spent[name]), spent_by_event_kind(spent_cpu[name])) for name in (ON, OFF)}
+    rows = [('training thread, all events', {name: (sum(spent[name].values()), sum(spent_cpu[name].values()))
+                                             for name in (ON, OFF)})]
+    rows += [(kind, {name: (kinds[name][0][kind], kinds[name][1][kind]) for name in (ON, OFF)})
+             for kind in kinds[ON][0]]
+    rows += [('writer thread', {name: (math.nan, writer_cpu[name]) for name in (ON, OFF)})]
+
+    def us(seconds: float, width: int) -> str:
+        return f'{"-":>{width}}' if math.isnan(seconds) else f'{1e6 * seconds / steps:>{width}.1f}'
+
+    for label, values in rows:
+        print(f'{label:<60}' + ''.join(us(values[name][0], 22) + us(values[name][1], 10) for name in (ON, OFF)))
+    for name in (ON, OFF):
+        print(f'{names[name]}: training thread + writer thread = '
+              f'{100 * (sum(spent_cpu[name].values()) + writer_cpu[name]) / steps / batch_cpu:.2f}% of the mean '
+              'batch CPU time (no callback)')
 
 
 def bench_validation(dls, work: Path, rounds: int) -> None:

@@ -114,10 +114,11 @@ def with_a_new_table(tmp_path) -> Path:
     tables, schema = copy / 'fastwatch' / 'store' / 'tables.py', copy / 'fastwatch' / 'store' / 'schema.py'
     tables.write_text(tables.read_text() + NEW_TABLE)
     text = schema.read_text()
-    assert 'MIGRATIONS = {1: _upgrade_from_1}' in text
-    migration = 'MIGRATIONS = {1: _upgrade_from_1, 2: lambda conn: notes.table.create(conn)}'
+    today = 'MIGRATIONS = {1: _upgrade_from_1, 2: _upgrade_from_2}'
+    assert today in text
+    migration = today[:-1] + ', 3: lambda conn: notes.table.create(conn)}'
     schema.write_text(text.replace('from .tables import alerts,', 'from .tables import notes, alerts,')
-                      .replace('MIGRATIONS = {1: _upgrade_from_1}', migration))
+                      .replace(today, migration))
     return copy
 
 
