@@ -96,23 +96,29 @@ def test_items_are_named_as_the_data_names_them(mislabelled):
     assert set(mislabelled['moved']) <= set(names['train'].names)
 
 
-def test_suspects_ranks_items_by_their_mean_margin(mislabelled, capsys):
+def test_suspects_ranks_items_by_their_margin_recent_epochs_weighing_most(mislabelled, capsys):
     store, run_id = mislabelled['store'], mislabelled['run_id']
     margins = np.stack([ItemValues.unpack(r.n_items, r.item_values).margin
                         for r in store.rows('item_epochs', run_id, split='train')])
+    score = [np.nan] * margins.shape[1]
+    for i in range(margins.shape[1]):
+        for m in margins[:, i]:
+            if not np.isnan(m): score[i] = m if np.isnan(score[i]) else (m + score[i]) / 2
+    score = np.array(score)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', RuntimeWarning)  # the mean of an item never seen is NaN
         aum = np.nanmean(margins, 0)
     names = store.rows('items', run_id, split='train')[0].names
-    seen = np.flatnonzero(~np.isnan(aum))
-    expected = [names[i] for i in seen[np.argsort(aum[seen], kind='stable')][:10]]
+    seen = np.flatnonzero(~np.isnan(score))
+    expected = [names[i] for i in seen[np.argsort(score[seen], kind='stable')][:10]]
     status, out, err = cli(capsys, 'suspects', run_id, '--store', store.location, '--top', '10', '--json')
     assert status == 0 and not err
     found = json.loads(out)
     assert [s['item'] for s in found['suspects']] == expected
     assert found['epochs'] == [0, 1, 2] and found['items'] == len(names)
     first = found['suspects'][0]
-    assert first['aum'] == pytest.approx(float(np.nanmin(aum)), rel=1e-6)
+    assert first['score'] == pytest.approx(float(np.nanmin(score)), rel=1e-5)
+    assert first['aum'] == pytest.approx(float(aum[names.index(first['item'])]), rel=1e-5)
     status, out, _ = cli(capsys, 'suspects', run_id, '--store', store.location, '--top', '3')
     assert status == 0 and out.count('\n') == 5 and expected[0] in out.splitlines()[2]
     status, out, err = cli(capsys, 'suspects', run_id, '--store', store.location, '--split', 'test')

@@ -19,7 +19,7 @@ from fastai.callback.mixup import MixHandler
 from fastai.distributed import DistributedDL
 from fastai.learner import Learner
 
-from ..store.dynamics import UNSEEN, ItemValues
+from ..store.dynamics import UNSEEN, ItemValues, recent_margin
 
 PENDING_VALUES = 1 << 22  # scores (items x classes) held before they are reduced to per-item values
 SUSPECT_IMAGES = 48  # the top suspects of each split that get a thumbnail: the data panel's first pages
@@ -157,22 +157,18 @@ class TrainingDynamics:
 
 
 class SuspectImages:
-    """Which of a split's items are its top suspects so far (lowest mean margin over the epochs recorded, as
-    `store.dynamics.DataMap.suspects` ranks them), and which of those already have a thumbnail. Training thread."""
+    """Which of a split's items are its top suspects so far (as `store.dynamics.DataMap.suspects` ranks them, by
+    `recent_margin`), and which of those already have a thumbnail. Training thread."""
 
     def __init__(self):
-        self.total: np.ndarray | None = None
-        self.count: np.ndarray | None = None
+        self.score: np.ndarray | None = None
         self.imaged: set[int] = set()
 
     def new_suspects(self, values: ItemValues) -> list[int]:
         "Add an epoch's values; returns the dataset indices of top suspects that have no thumbnail yet."
-        if self.total is None or len(self.total) != len(values):
-            self.total, self.count = np.zeros(len(values)), np.zeros(len(values), dtype=np.int64)
-        self.total += np.nan_to_num(values.margin, nan=0.0)
-        self.count += values.seen
-        aum = np.where(self.count > 0, self.total / np.maximum(self.count, 1), np.inf)
-        top = np.argsort(aum, kind='stable')[:SUSPECT_IMAGES]
-        new = [i for i in top[np.isfinite(aum[top])].tolist() if i not in self.imaged]
+        self.score = recent_margin(self.score, values)
+        score = np.nan_to_num(self.score, nan=np.inf)
+        top = np.argsort(score, kind='stable')[:SUSPECT_IMAGES]
+        new = [i for i in top[np.isfinite(score[top])].tolist() if i not in self.imaged]
         self.imaged.update(new)
         return new

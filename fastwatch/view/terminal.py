@@ -90,20 +90,22 @@ def suspects(run: str,  # The run id
     last = found.last
     ranked = [{'rank': rank, 'item': found.name(i), 'index': int(i), 'label': class_label(vocab, int(last.label[i])),
                'predicted': class_label(vocab, int(last.predicted[i])), 'label_probability': float(last.label_prob[i]),
-               'loss': float(last.loss[i]), 'aum': float(found.aum[i]), 'confidence': float(found.confidence[i]),
+               'loss': float(last.loss[i]), 'score': float(found.score[i]), 'aum': float(found.aum[i]),
+               'confidence': float(found.confidence[i]),
                'variability': float(found.variability[i]), 'correctness': float(found.correctness[i]),
                'decision': decision_text(decided.get((split, found.name(i))))}
               for rank, i in enumerate(found.suspects()[:top], 1)]
     if json:
         print(dumps(_json_safe({'run': run, 'split': split, 'epochs': found.epochs, 'items': len(found.names),
-                                'ranking': 'area under the margin (mean margin of the label), lowest first',
+                                'ranking': 'score: the margin of the label averaged over the epochs, each weighing '
+                                           'half as much as the next; lowest first',
                                 'suspects': ranked}), indent=1))
         return
-    say(f'run {run}: {split} items most likely mislabeled, by the area under the margin over epochs '
-        f'{found.epochs[0]}-{found.epochs[-1]} (of {len(found.names)} items)')
-    print(f"{'rank':>4}  {'aum':>7}  {'conf':>5}  {'var':>5}  {'right':>5}  {'label':<10} {'predicted':<10} "
-          f"{'p(label)':>8}  {'loss':>7}  item")
+    say(f'run {run}: {split} items most likely mislabeled, by the margin of their label over epochs '
+        f'{found.epochs[0]}-{found.epochs[-1]}, recent epochs weighing most (of {len(found.names)} items)')
+    print(f"{'rank':>4}  {'score':>7}  {'aum':>7}  {'conf':>5}  {'var':>5}  {'right':>5}  {'label':<10} "
+          f"{'predicted':<10} {'p(label)':>8}  {'loss':>7}  item")
     for r in ranked:
-        say(f"{r['rank']:>4}  {r['aum']:>7.3f}  {r['confidence']:>5.2f}  {r['variability']:>5.2f}  "
+        say(f"{r['rank']:>4}  {r['score']:>7.3f}  {r['aum']:>7.3f}  {r['confidence']:>5.2f}  {r['variability']:>5.2f}  "
             f"{r['correctness']:>5.2f}  {r['label']:<10.10} {r['predicted']:<10.10} {r['label_probability']:>8.3f}  "
             f"{format_number(r['loss']):>7}  {r['item']}" + (f"  [{r['decision']}]" if r['decision'] else ''))

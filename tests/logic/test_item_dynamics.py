@@ -43,6 +43,9 @@ def test_the_data_map_averages_the_epochs_that_saw_each_item_and_ranks_suspects_
     np.testing.assert_allclose(found.correctness[:3], [1, 0, 0])
     assert np.isnan(found.confidence[3]) and found.epochs == [0, 1, 2]
     assert found.suspects().tolist() == [1, 2, 0]  # the unseen item is not ranked
+    np.testing.assert_allclose(found.score[:3], [(first.margin[0] + second.margin[0]) / 4 + third.margin[0] / 2,
+                                                 (first.margin[1] + second.margin[1]) / 4 + third.margin[1] / 2,
+                                                 (first.margin[2] + second.margin[2]) / 2], rtol=1e-6)
     # Each item's latest loss, from the last epoch that saw it: item 2's is epoch 1's.
     assert found.by_last_loss().tolist() == [2, 1, 0]
     assert found.last.label_prob[2] == np.float32(0.3) and found.name(1) == 'b' and found.name(9) == '#9'

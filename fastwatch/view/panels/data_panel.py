@@ -79,8 +79,9 @@ class DataPanel:
         self.widget = widgets.VBox([
             widgets.HTML('<h3>Items: data map and suspects</h3>'), self.split, self.note,
             widgets.Box([ChartWidget(self.chart.fig, layout=widgets.Layout(width='100%')), self.detail], layout=GRID),
-            widgets.HTML('<b>Suspects</b> <span class="fw-muted">(most likely mislabeled first: the lowest mean '
-                         'margin of the label over the epochs)</span>'),
+            widgets.HTML('<b>Suspects</b> <span class="fw-muted">(most likely mislabeled first; score: the margin '
+                         "of the label's probability over the highest other's, averaged over the epochs, recent ones "
+                         'weighing most)</span>'),
             widgets.HBox([self.previous, self.page_label, self.next]), self.cards,
             widgets.HTML('<b>Decisions</b>' + ('' if decide else ' <span class="fw-muted">(read-only: only the '
                                                "run's owner, on fastwatch serve, can decide)</span>")),
@@ -147,7 +148,7 @@ class DataPanel:
                 + (f'#{rank} ' if rank else '') + f'{escape(name)}<br><b>{escape(label)}</b> / {escape(predicted)}'
                 f"<br>p(label) {value_text(float(last.label_prob[index]), '.2f')} · "
                 f"loss {value_text(float(last.loss[index]), '.3f')}<br>"
-                f"margin {value_text(float(found.aum[index]), '.2f')} · "
+                f"score {value_text(float(found.score[index]), '.2f')} · "
                 f"right {value_text(float(found.correctness[index]), '.0%')}"
                 + decision_html(read.decided.get((read.split, name))) + '</div>')
 
