@@ -76,12 +76,14 @@ class EpochItems:
         self.predicted, self.label = (torch.full((n,), UNSEEN, dtype=torch.int32, device=device) for _ in range(2))
 
     def put(self, at: torch.Tensor, items: PerItem) -> None:
-        "The values of the items at dataset indices `at` (items without a class of the vocabulary stay unseen)."
-        labelled = items.labelled
-        at = at[labelled]
+        """The values of the items at dataset indices `at` (items without a class of the vocabulary stay unseen).
+        Written through `torch.where`, not a boolean mask: a mask's size would make the host wait for the device."""
+        labelled, nan = items.labelled, torch.tensor(math.nan, device=at.device)
+        unseen = torch.tensor(UNSEEN, dtype=torch.int32, device=at.device)
         self.loss[at], self.label_prob[at], self.margin[at] = (
-            items.loss[labelled], items.label_prob[labelled], items.margin[labelled])
-        self.predicted[at], self.label[at] = items.decoded[labelled].int(), items.classes[labelled].int()
+            torch.where(labelled, value, nan) for value in (items.loss, items.label_prob, items.margin))
+        self.predicted[at], self.label[at] = (
+            torch.where(labelled, value.int(), unseen) for value in (items.decoded, items.classes))
 
     def values(self) -> ItemValues:
         "Everything, read from the device at once."
