@@ -279,3 +279,33 @@ def test_the_store_password_never_appears_in_output(dls, postgres_url, capsys):
     # libpq's connection strings name it too, in messages a driver may pass on.
     assert hide_password("password=s3cret-pw host=x 'password = \"s3cret-pw\"'", 'postgresql://u:s3cret-pw@h/d') \
         == "password=*** host=x 'password = \"***\"'"
+
+
+def test_the_metrics_are_those_the_recorder_logged_in_its_order(dls, tmp_path):
+    "With `train_metrics`, custom `AccumMetric`s and `ValueMetric`s, the run has what the Recorder logged."
+    from fastai.learner import ValueMetric
+    from fastai.metrics import AccumMetric, accuracy, error_rate
+
+    from fastwatch.view.feed import RunFeed
+    from fastwatch.view.panels.chart_grid import charts_for
+
+    def top_class_share(preds, targs): return (preds.argmax(1) == 0).float().mean()
+    custom = AccumMetric(top_class_share, flatten=False)
+    learn = digits_learner(dls, metrics=[error_rate, custom, accuracy, ValueMetric(lambda: 0.5, 'constant')],
+                           cbs=WatchCallback(store=tmp_path / 'm.db'))
+    learn.recorder.train_metrics = True
+    with learn.no_bar(), learn.no_logging(): learn.fine_tune(1)
+    logged = [n for n in learn.recorder.metric_names if n not in ('epoch', 'time', 'train_loss', 'valid_loss')]
+    assert 'train_error_rate' in logged and 'valid_top_class_share' in logged and 'valid_constant' in logged
+    store = open_store(tmp_path / 'm.db')
+    run_id = learn.watch.run_id
+    feed = RunFeed(store, run_id)
+    feed.snapshot()
+    assert store.run(run_id).info.metric_names == logged == feed.metric_names()
+    last = store.epochs(run_id)[-1]
+    names = list(learn.recorder.metric_names[1:-1])
+    for name, value in zip(names, learn.recorder.values[-1]):
+        expected = last.train_loss if name == 'train_loss' else last.valid_loss if name == 'valid_loss' \
+            else last.metrics[name]
+        assert expected == pytest.approx(float(value))
+    assert [s.key for s in charts_for(logged) if s.key.startswith('metric:')] == [f'metric:{n}' for n in logged]

@@ -71,6 +71,15 @@ def _plain(value):
     except (TypeError, ValueError): return str(value)
 
 
+def logged_metric_names(learn) -> list[str]:
+    """The metrics fastai's Recorder logs each epoch, in its order (`train_error_rate` and `valid_error_rate` with
+    `train_metrics`), but for the epoch, its time and the losses, which the epochs table has columns for."""
+    recorder = getattr(learn, 'recorder', None)
+    names = recorder.metric_names if recorder is not None else ['epoch', 'train_loss', 'valid_loss',
+                                                                 *(m.name for m in learn.metrics), 'time']
+    return [name for name in names if name not in ('epoch', 'time', 'train_loss', 'valid_loss')]
+
+
 def run_info(learn) -> RunInfo:
     "What a run is trained with and on, as the Learner says."
     dls, model = learn.dls, learn.model
@@ -80,7 +89,7 @@ def run_info(learn) -> RunInfo:
         n_params=sum(p.numel() for p in model.parameters()), batch_size=getattr(dls.train, 'bs', None),
         n_train=len(dls.train.dataset), n_valid=len(dls.valid.dataset), loss_func=str(learn.loss_func),
         optimizer=getattr(learn.opt_func, '__name__', str(learn.opt_func)),
-        metric_names=[m.name for m in learn.metrics])
+        metric_names=logged_metric_names(learn))
 
 
 class WatchCallback(Callback):
@@ -287,7 +296,7 @@ class WatchCallback(Callback):
     def _start_fit(self) -> None:
         self.collectors.clear()  # passes that an exception cut short
         learn, recording = self.learn, self.recording
-        recording.start_fit(learn.n_epoch, _plain(learn.opt.hypers[-1].get('lr')),
+        recording.start_fit(learn.n_epoch, _plain(learn.opt.hypers[-1].get('lr')), logged_metric_names(learn),
                             frozen=getattr(learn.opt, 'frozen_idx', 0) > 0,
                             planned_epochs=recording.position.epoch + learn.n_epoch
                             + self.lifecycle.fine_tune_epochs())

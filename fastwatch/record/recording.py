@@ -81,9 +81,10 @@ class Recording:
     named_splits: set[str] = field(default_factory=set)  # splits whose items' identities are recorded
     suspects: dict[str, SuspectImages] = field(default_factory=dict)  # by split
 
-    def start_fit(self, n_epoch: int, lr, frozen: bool, planned_epochs: int) -> None:
-        "A fit of the run begins: the next fit number, and what the run's info says about it."
+    def start_fit(self, n_epoch: int, lr, metric_names: list[str], frozen: bool, planned_epochs: int) -> None:
+        "A fit of the run begins: the next fit number, and what the run's info says about it (new metrics last)."
         at = self.position
+        self.info.metric_names += [name for name in metric_names if name not in self.info.metric_names]
         at.fit += 1
         at.frozen = frozen
         self.info.fits.append(FitInfo(at.fit, n_epoch, lr, frozen, at.epoch))

@@ -26,6 +26,13 @@ def fit_spans(epochs: list[EpochRow], last: BatchRow | None) -> list[dict]:
     return list(spans.values())
 
 
+def metric_order(names: list[str], epochs: list[EpochRow]) -> list[str]:
+    """A run's metrics: `names` (its info's, in the order fastai's Recorder logs them), then any others its epochs
+    logged, by name (a store that did not keep the order); only `names` before the first epoch."""
+    logged = {name for epoch in epochs for name in epoch.metrics}
+    return [n for n in names if n in logged or not epochs] + sorted(logged - set(names))
+
+
 @dataclass
 class RunUpdate:
     """What came of a run since the last read: its record, new batch rows (as columns), new epochs and alerts.
@@ -74,8 +81,8 @@ class RunFeed:
     def spans(self) -> list[dict]: return fit_spans(self.epochs, self.last)
 
     def metric_names(self) -> list[str]:
-        "The run's metrics, in the order its callback found them (or by name, for a store that did not keep it)."
-        return self.run.info.metric_names or sorted({name for epoch in self.epochs for name in epoch.metrics})
+        "The run's metrics: those it logged, in the Recorder's order (`metric_order`)."
+        return metric_order(self.run.info.metric_names, self.epochs)
 
     def poll(self) -> RunUpdate:
         "What is new since the last snapshot or poll (`RunUpdate.new` says whether anything is)."

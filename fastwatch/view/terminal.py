@@ -9,6 +9,7 @@ from ..formats import format_number, format_when, printable
 from ..store import open_store
 from ..store.decisions import current, decision_text
 from ..store.dynamics import SPLITS, read_data_map
+from .feed import metric_order
 from .html import class_label
 
 
@@ -58,7 +59,7 @@ def show(run: str,  # The run id
     print(f'created {format_when(record.created_at)}, last update {format_when(record.updated_at)}')
     say(f'model {info.model} ({info.n_params} parameters), loss {info.loss_func}, '
         f'{info.n_train} train / {info.n_valid} valid items')
-    metric_names = sorted({name for epoch in epochs for name in epoch.metrics})
+    metric_names = metric_order(info.metric_names, epochs)
     columns = ['epoch', 'fit', 'frozen', 'train_loss', 'valid_loss', *metric_names, 'duration']
     rows = [[e.epoch, e.fit, e.frozen, e.train_loss, e.valid_loss, *[e.metrics.get(m) for m in metric_names],
              e.duration] for e in epochs]
