@@ -20,13 +20,20 @@ from bokeh.models import (
     Range1d,
     TapTool,
 )
-from bokeh.palettes import Blues256, Category10_10, RdYlGn11
+from bokeh.palettes import Blues256, Category20_20, RdYlGn11
 from bokeh.plotting import figure
 
 from ..store.confusion import binned
 from ..store.dynamics import DataMap
 
-COLORS = Category10_10
+# Overlaid runs: 20 colours, the strong ones first (Category20 pairs each with a lighter one), then dash patterns.
+RUN_COLORS = Category20_20[::2] + Category20_20[1::2]
+RUN_DASHES = ('solid', 'dashed', 'dotted', 'dotdash', 'dashdot')
+
+
+def run_style(index: int) -> tuple[str, str]:
+    "The colour and dash pattern of the `index`-th run drawn on a chart (0: the shown run)."
+    return RUN_COLORS[index % len(RUN_COLORS)], RUN_DASHES[index // len(RUN_COLORS) % len(RUN_DASHES)]
 PHASE_COLORS = {True: '#9ecae1', False: '#fdd0a2'}  # frozen body / unfrozen, as in fine_tune's two fits
 
 
@@ -73,13 +80,14 @@ class SeriesChart:
         self.sources: dict[tuple[str, str], ColumnDataSource] = {}
         overlay = len(runs) > 1
         for index, (run_id, run_label) in enumerate(runs):
-            color = COLORS[index % len(COLORS)]
+            color, dash = run_style(index)
             for layer in layers:
                 source = ColumnDataSource({'x': [], 'y': []}, name=f'{layer.key}:{run_id}')
                 self.sources[run_id, layer.key] = source
-                legend = f'{run_label} · {layer.label}' if overlay else layer.label
-                renderer = self._draw(layer, source, color, legend, dashed=overlay and index > 0)
-                self.fig.add_tools(_hover(renderer, [(layer.label, f'@y{layer.fmt}'), (x_label, '@x')]))
+                # Overlaid, a run's layers share one legend entry (bokeh groups renderers of one label): its name.
+                renderer = self._draw(layer, source, color, run_label if overlay else layer.label, dash)
+                tooltips = [(layer.label, f'@y{layer.fmt}'), (x_label, '@x')]
+                self.fig.add_tools(_hover(renderer, [('run', run_label), *tooltips] if overlay else tooltips))
         if x_label == 'epoch': self.fig.xaxis.ticker.min_interval = 1
         if self.fig.legend:
             self.fig.legend.visible = overlay or len(layers) > 1
@@ -88,8 +96,8 @@ class SeriesChart:
             self.fig.legend.label_text_font_size = '8pt'
         resend_on_ready(self.fig)
 
-    def _draw(self, layer: Layer, source, color: str, legend: str, dashed: bool):
-        fig, dash = self.fig, 'dashed' if dashed else 'solid'
+    def _draw(self, layer: Layer, source, color: str, legend: str, dash: str):
+        fig = self.fig
         if layer.kind == 'faint':
             return fig.line('x', 'y', source=source, color=color, alpha=0.25, legend_label=legend)
         if layer.kind == 'bars':

@@ -113,3 +113,20 @@ def test_the_live_summary_writes_a_small_matrix_as_a_table_and_a_large_one_as_a_
     many = TABLE_CLASSES + 1
     note = confusion_html(ConfusionMatrix(0, [str(i) for i in range(many)], many, cells_of(np.eye(many)), np.eye(many)))
     assert '<td' not in note and f'{many} classes' in note
+
+
+def test_overlaid_runs_each_get_a_style_of_their_own_one_legend_entry_and_a_hover_that_names_them():
+    from bokeh.models import HoverTool
+
+    from fastwatch.view.charts import LossChart, run_style
+    runs = [(f'run{i}', f'name {i}') for i in range(25)]
+    chart = LossChart(runs)
+    assert len({run_style(i) for i in range(len(runs))}) == 25 and run_style(0)[1] == 'solid'
+    assert len({run_style(i)[0] for i in range(20)}) == 20  # 20 colours before a dash pattern repeats one
+    items = chart.fig.legend[0].items
+    assert [item.label.value for item in items] == [label for _, label in runs]
+    assert all(len(item.renderers) == 4 for item in items)  # loss, smoothed, valid loss (line, markers) of a run
+    names = {dict(tool.tooltips).get('run') for tool in chart.fig.tools if isinstance(tool, HoverTool)}
+    assert {label for _, label in runs} <= names
+    single = LossChart(runs[:1])
+    assert [item.label.value for item in single.fig.legend[0].items] == ['loss', 'smoothed', 'valid loss']
