@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 FASTWATCH = str(Path(sys.executable).parent / 'fastwatch')  # the console script of this environment
 
 
@@ -18,7 +20,8 @@ def test_ls_lists_runs_newest_first(trained):
     out = fastwatch('ls', '--store', str(trained['path']))
     assert out.returncode == 0
     header, row = out.stdout.splitlines()
-    assert header.split() == ['run', 'state', 'created', 'name'] and row.split()[:2] == [trained['run_id'], 'finished']
+    assert header.split() == ['run', 'state', 'started', 'duration', 'epochs', 'valid_loss', 'error_rate', 'name']
+    assert row.split()[:2] == [trained['run_id'], 'finished'] and row.split()[-1] == 'digits'
     listed = json.loads(fastwatch('ls', '--store', str(trained['path']), '--json').stdout)
     assert [(r['id'], r['state'], r['name']) for r in listed] == [(trained['run_id'], 'finished', 'digits')]
 
@@ -79,3 +82,30 @@ def test_names_with_terminal_escapes_are_printed_escaped(tmp_path, capsys):
         out = capsys.readouterr().out
         assert '\x1b' not in out and '\x07' not in out
         assert r'evil\x1b]0;pwned\x07\x1b[2J name' in out
+
+
+def test_ls_compares_runs_final_and_best_metrics_settings_sorted_by_any_column(dls, tmp_path, capsys):
+    from helpers import cli, train
+    path = tmp_path / 'runs.db'
+    learners = [train(dls, path, epochs=2, name=f'lr {lr}', config={'lr': lr, 'arch': 'cnn'}) for lr in (1e-2, 1e-1)]
+    status, out, _ = cli(capsys, 'ls', '--store', str(path), '--json')
+    listed = json.loads(out)
+    assert status == 0 and [r['name'] for r in listed] == ['lr 0.1', 'lr 0.01']  # newest first
+    for row, learn in zip(listed, learners[::-1]):
+        errors = [values[2] for values in learn.recorder.values]  # the second fit's epochs, as the Recorder kept
+        assert row['error_rate'] == pytest.approx(errors[-1]) and row['epochs'] == 3 == row['planned_epochs']
+        assert row['best_error_rate'] <= min(errors) + 1e-9 and row['config.lr'] in (1e-2, 1e-1)
+        assert row['best_error_rate_epoch'] in (0, 1, 2) and row['id'] == row['run'] == learn.watch.run_id
+        assert (row['model'], row['batch_size'], row['n_train']) == ('Sequential', 64, len(dls.train_ds))
+    status, out, _ = cli(capsys, 'ls', '--store', str(path), '--columns', 'name,config.lr,error_rate',
+                         '--sort=-config.lr')
+    lines = out.splitlines()
+    assert status == 0 and lines[0].split() == ['name', 'config.lr', 'error_rate'] and len(lines) == 3
+    assert lines[1].startswith('lr 0.1') and lines[2].startswith('lr 0.01')
+    status, out, _ = cli(capsys, 'ls', '--store', str(path), '--columns', 'name', '--sort', 'error_rate')
+    by_error = sorted(listed, key=lambda r: r['error_rate'])
+    assert [line.strip() for line in out.splitlines()[1:]] == [r['name'] for r in by_error]
+    status, out, err = cli(capsys, 'ls', '--store', str(path), '--columns', 'name,nope')
+    assert status == 1 and not out and "no column 'nope'" in err and err.count('\n') == 1
+    status, out, err = cli(capsys, 'ls', '--store', str(path), '--sort', 'nope')
+    assert status == 1 and "--sort takes a column" in err

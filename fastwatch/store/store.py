@@ -141,27 +141,28 @@ class Store:
         "Release the store's connections."
         self.engine.dispose()
 
-    def _all(self, query) -> list:
+    def all_rows(self, query) -> list:
+        "The rows of a query (SQLAlchemy Core), read at once."
         with self.engine.connect() as conn: return list(conn.execute(query))
 
     # --- runs -------------------------------------------------------------------------------------------
     def runs(self) -> list[RunRecord]:
         "Every run, newest first, each with its derived `state`: live / finished / failed / interrupted."
         now = time.time()
-        return [RunRecord.from_row(row, now) for row in self._all(select(runs).order_by(runs.c.created_at.desc()))]
+        return [RunRecord.from_row(row, now) for row in self.all_rows(select(runs).order_by(runs.c.created_at.desc()))]
 
     def run(self, run_id: str) -> RunRecord:
         "One run's record; `RunNotFound` names the runs there are when there is no such run."
-        rows = self._all(select(runs).where(runs.c.id == run_id))
+        rows = self.all_rows(select(runs).where(runs.c.id == run_id))
         if not rows:
-            known = [r[0] for r in self._all(select(runs.c.id).order_by(runs.c.created_at.desc()).limit(10))]
+            known = [r[0] for r in self.all_rows(select(runs.c.id).order_by(runs.c.created_at.desc()).limit(10))]
             raise RunNotFound(f"no run {run_id!r} in {self.location}; "
                               + (f"runs: {', '.join(known)}" if known else 'it has no runs yet'))
         return RunRecord.from_row(rows[0], time.time())
 
     def runs_version(self) -> tuple:
         "One cheap read that changes whenever a run is added or its record changes: (runs, latest update)."
-        return tuple(self._all(select(func.count(), func.max(runs.c.updated_at)).select_from(runs))[0])
+        return tuple(self.all_rows(select(func.count(), func.max(runs.c.updated_at)).select_from(runs))[0])
 
     # --- a run's rows -----------------------------------------------------------------------------------
     def rows(self, table: str | RunTable, run_id: str, since=None, **equal) -> list:
@@ -171,7 +172,7 @@ class Store:
         t = entry.table
         query = select(t).where(t.c.run_id == run_id, *(t.c[name] == value for name, value in equal.items()))
         if since is not None: query = query.where(t.c[entry.cursor] > since)
-        return [entry.decode(row) for row in self._all(query.order_by(t.c[entry.cursor], *t.primary_key.columns))]
+        return [entry.decode(row) for row in self.all_rows(query.order_by(t.c[entry.cursor], *t.primary_key.columns))]
 
     def counts(self, run_id: str) -> dict[str, int]:
         "How many rows of each kind the run has recorded (summaries derived from them left out)."
@@ -190,7 +191,7 @@ class Store:
     def last_batch(self, run_id: str) -> BatchRow | None:
         "The run's latest batch row, or None before its first."
         t = batches.table
-        found = self._all(select(t).where(t.c.run_id == run_id).order_by(t.c.step.desc()).limit(1))
+        found = self.all_rows(select(t).where(t.c.run_id == run_id).order_by(t.c.step.desc()).limit(1))
         return batches.decode(found[0]) if found else None
 
     def batches_downsampled(self, run_id: str, n: int = 2000) -> dict:
@@ -240,13 +241,13 @@ class Store:
         "The stored epoch that `epoch` names: itself, or the latest for -1."
         if epoch >= 0: return epoch
         t = table.table
-        return self._all(select(func.max(t.c.epoch)).where(t.c.run_id == run_id))[0][0]
+        return self.all_rows(select(func.max(t.c.epoch)).where(t.c.run_id == run_id))[0][0]
 
     def confusion(self, run_id: str, epoch: int = -1) -> ConfusionMatrix | None:
         "The confusion matrix of an epoch (the latest for -1), or None if there is none."
         epoch = self._epoch(confusion, run_id, epoch)
         t = confusion.table
-        rows = self._all(select(t).where(t.c.run_id == run_id, t.c.epoch == epoch))
+        rows = self.all_rows(select(t).where(t.c.run_id == run_id, t.c.epoch == epoch))
         if not rows: return None
         n, cells = rows[0].n_classes, unpack_cells(rows[0].counts)
         vocab = self.run(run_id).vocab
@@ -259,7 +260,7 @@ class Store:
         epoch = self._epoch(top_losses, run_id, epoch)
         t = top_losses.table
         query = select(t).where(t.c.run_id == run_id, t.c.epoch == epoch).order_by(t.c.rank)
-        return [top_losses.decode(row) for row in self._all(query)]
+        return [top_losses.decode(row) for row in self.all_rows(query)]
 
     def alerts(self, run_id: str, since: int | None = None) -> list[AlertRow]:
         "The alerts sent about a run (after `seq` `since`), in order."

@@ -9,6 +9,7 @@ from ..formats import format_number, format_when, printable
 from ..store import open_store
 from ..store.decisions import current, decision_text
 from ..store.dynamics import SPLITS, read_data_map
+from ..store.runs_table import run_summaries
 from .feed import metric_order
 from .html import class_label
 
@@ -26,20 +27,56 @@ def say(text: str) -> None:
     print(printable(text))
 
 
+METRICS = 'metrics'  # in --columns: every metric's final value
+DEFAULT_COLUMNS = ('run', 'state', 'started', 'duration', 'epochs', 'valid_loss', METRICS, 'name')
+
+
 def ls(store: str = None,  # Store path or SQLAlchemy URL (default: $FASTWATCH_STORE, then ./fastwatch.db)
-       json: bool = False):  # Print JSON instead of a table
-    "List the runs in a store, newest first."
-    runs = open_store(store, readonly=True).runs()
+       columns: str = None,  # Columns to print, comma-separated (`metrics`: every metric's final value); see --json
+       sort: str = None,  # A column to sort by; `--sort=-column` sorts descending (default: newest first)
+       json: bool = False):  # Print every field and column of every run as JSON
+    "List the runs in a store: state, duration, epochs, final loss and metrics, best values, settings."
+    summaries = run_summaries(open_store(store, readonly=True))
+    rows = [{**summary.run.as_dict(), **summary.columns()} for summary in summaries]
+    every = list(dict.fromkeys(column for summary in summaries for column in summary.columns()))
+    if sort:
+        key = sort.lstrip('-')
+        if rows and not any(key in row for row in rows):
+            raise UsageError(f'--sort takes a column of the runs ({", ".join(every[:12])}, …), not {key!r}')
+        present = sorted((row for row in rows if row.get(key) is not None), key=lambda row: _sortable(row[key]),
+                         reverse=sort.startswith('-'))
+        rows = present + [row for row in rows if row.get(key) is None]  # runs without it last, either way
     if json:
-        print(dumps([{k: getattr(run, k) for k in ('id', 'name', 'state', 'status', 'created_at', 'updated_at',
-                                                   'heartbeat', 'error')} for run in runs], indent=1))
+        print(dumps(_json_safe(rows), indent=1, default=str))
         return
-    if not runs:
+    if not rows:
         print('no runs yet')
         return
-    print(f"{'run':<14} {'state':<12} {'created':<20} name")
-    for run in runs:
-        say(f'{run.id:<14} {run.state:<12} {format_when(run.created_at):<20} {run.name or ""}')
+    metrics = list(dict.fromkeys(name for summary in summaries for name in summary.metric_names))
+    chosen = [c.strip() for c in columns.split(',')] if columns else DEFAULT_COLUMNS
+    shown = [name for c in chosen for name in (metrics if c == METRICS else [c])]
+    unknown = [c for c in shown if c not in every]
+    if columns and unknown:
+        raise UsageError(f'no column {unknown[0]!r}: the runs have {", ".join(every[:20])}')
+    shown = [c for c in shown if c not in unknown]
+    cells = [[_cell(c, row.get(c)) for c in shown] for row in rows]
+    widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(shown)]
+    say('  '.join(c.ljust(w) for c, w in zip(shown, widths)).rstrip())
+    for line in cells: say('  '.join(v.ljust(w) for v, w in zip(line, widths)).rstrip())
+
+
+def _sortable(value):
+    "Numbers by value, anything else by its text."
+    return (0, value, '') if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0, str(value))
+
+
+def _cell(column: str, value) -> str:
+    "A value as `ls` prints it."
+    if value is None: return ''
+    if column == 'started': return format_when(value)
+    if column == 'duration': return f'{value:.0f} s'
+    if isinstance(value, float): return format_number(value)
+    return str(value)
 
 
 def show(run: str,  # The run id
