@@ -15,6 +15,7 @@ from sqlalchemy import create_engine
 from fastwatch import RunNotFound, StoreError, open_store
 from fastwatch.record.writer import Writer
 from fastwatch.store import schema
+from fastwatch.store.snapshot import write_snapshot
 from fastwatch.store.tables import TopLossRow
 
 ROOT = Path(__file__).parent.parent
@@ -221,3 +222,22 @@ CREATE TABLE top_losses (run_id VARCHAR(32) NOT NULL, epoch INTEGER NOT NULL, ra
   probability FLOAT NOT NULL, loss FLOAT NOT NULL, image BLOB, image_type VARCHAR(32), text TEXT,
   PRIMARY KEY (run_id, epoch, rank)) WITHOUT ROWID;
 """
+
+
+def test_an_older_store_whose_upgrades_add_tables_reads_as_it_is(trained, tmp_path):
+    "A snapshot of schema 2 (before items and decisions) opens read-only: the tables it lacks read as empty."
+    old = tmp_path / 'schema2.db'
+    with sqlite3.connect(trained['path']) as source, sqlite3.connect(old) as target: source.backup(target)
+    with sqlite3.connect(old) as conn:
+        for table in ('items', 'item_epochs', 'item_images', 'decisions'): conn.execute(f'DROP TABLE {table}')
+        conn.execute("UPDATE fastwatch_meta SET value='2' WHERE key='schema_version'")
+    store, run_id = open_store(old, readonly=True), trained['run_id']
+    assert store.absent == {'items', 'item_epochs', 'item_images', 'decisions'}
+    assert store.rows('item_epochs', run_id) == [] and store.counts(run_id)['decisions'] == 0
+    assert store.counts(run_id)['batches'] == trained['store'].counts(run_id)['batches']
+    rows, _ = store.rows_after(run_id, {})
+    assert rows['items'] == [] and len(rows['epochs']) == 3
+    write_snapshot(store, [run_id], tmp_path / 'copy.fastwatch')
+    assert open_store(tmp_path / 'copy.fastwatch', readonly=True).counts(run_id)['epochs'] == 3
+    open_store(old)  # opened for writing, it is upgraded
+    assert open_store(old, readonly=True).absent == set()

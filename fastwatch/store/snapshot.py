@@ -29,7 +29,8 @@ def copy_runs(source: Store, dest: Store, run_ids: Sequence[str]) -> dict[str, i
         with source.engine.connect() as src, dest.engine.begin() as out:
             for run_id in dict.fromkeys(run_ids):
                 added = sum(_copy_missing(src, out, table, run_id)
-                            for table in (runs, *(entry.table for entry in RUN_TABLES.values())))
+                            for table in (runs, *(entry.table for entry in RUN_TABLES.values()
+                                                  if entry.name not in source.absent)))
                 if added: changed[run_id] = added
     except exc.SQLAlchemyError as e:  # rows the destination refuses (a damaged snapshot's): nothing was copied
         reason = str(getattr(e, 'orig', None) or e).splitlines()[0]

@@ -96,14 +96,14 @@ def open_store(location: str | os.PathLike | None = None, readonly: bool = False
     where = display_location(url)
     try:
         engine = _sqlite_engine(url, readonly) if url.startswith('sqlite') else _server_engine(url, readonly)
-        with engine.begin() as conn: schema.ensure_schema(conn, where, create=not readonly)
+        with engine.begin() as conn: absent = schema.ensure_schema(conn, where, create=not readonly)
         if url.startswith('sqlite') and not readonly:
             # WAL (kept in the file): readers never block the writer, and several processes can record at once.
             with engine.connect() as conn: conn.exec_driver_sql('PRAGMA journal_mode=WAL')
     except StoreError: raise
     except Exception as e:
         raise StoreError(f'cannot open store {where}: {str(e).splitlines()[0]}') from e
-    store = Store(engine, where)
+    store = Store(engine, where, absent)
     if readonly:  # a reader of a damaged file gets one line, never the database's traceback
         @event.listens_for(engine, 'handle_error')
         def _unreadable(context):
@@ -131,8 +131,9 @@ def run_table(table: str | RunTable) -> RunTable:
 class Store:
     "A fastwatch store: runs, and the rows of each (`tables.RUN_TABLES`)."
 
-    def __init__(self, engine: Engine, location: str):
-        self.engine, self.location = engine, location
+    def __init__(self, engine: Engine, location: str, absent: set[str] = frozenset()):
+        "`absent`: run tables an older store read as it is does not have (`schema.AddTables`): read as empty."
+        self.engine, self.location, self.absent = engine, location, absent
         self.pyramid = Pyramid()  # the block summaries `write` has still open
 
     def __repr__(self): return f'Store({self.location!r})'
@@ -169,6 +170,7 @@ class Store:
         """A run's rows of a table (typed, JSON columns parsed) in cursor order; only those after cursor `since`,
         and whose columns are `equal` to the values given."""
         entry = run_table(table)
+        if entry.name in self.absent: return []
         t = entry.table
         query = select(t).where(t.c.run_id == run_id, *(t.c[name] == value for name, value in equal.items()))
         if since is not None: query = query.where(t.c[entry.cursor] > since)
@@ -180,7 +182,7 @@ class Store:
         with self.engine.connect() as conn:
             return {entry.name: conn.execute(select(func.count()).select_from(entry.table)
                                              .where(entry.table.c.run_id == run_id)).scalar()
-                    for entry in RUN_TABLES.values() if not entry.derived}
+                    if entry.name not in self.absent else 0 for entry in RUN_TABLES.values() if not entry.derived}
 
     def batches(self, run_id: str, since: int | None = None) -> dict[str, list]:
         """Columns of the batch rows after step `since` (all when None): pass the last `step` back as the cursor.
@@ -316,6 +318,9 @@ class Store:
             if found is None: self.run(run_id)  # RunNotFound names the runs there are
             rows = {RUNS: [dict(found._mapping)]}
             for entry in RUN_TABLES.values():
+                if entry.name in self.absent:
+                    rows[entry.name] = []
+                    continue
                 t, cursor = entry.table, entry.table.c[entry.cursor]
                 query = select(t).where(t.c.run_id == run_id)
                 if cursors.get(entry.name) is not None: query = query.where(cursor > cursors[entry.name])
