@@ -107,8 +107,12 @@ def test_evaluation_inside_a_fit_neither_ends_nor_pollutes_the_run(dls, tmp_path
     np.testing.assert_allclose([[e.train_loss, e.valid_loss, e.metrics['error_rate']] for e in epochs],
                                evaluate.main_logs, rtol=1e-6)
     assert all(abs(e.valid_loss - float(o[0])) > 1e-6 for e, o in zip(epochs, evaluate.other_results))
-    assert store.counts(run.id) == {
-        'batches': 2 * len(dls.train), 'epochs': 2, 'confusion': 2, 'top_losses': 32, 'alerts': 0}
+    counts = store.counts(run.id)
+    assert counts.pop('item_images') > 0  # the thumbnails of each epoch's new top suspects
+    assert counts == {'batches': 2 * len(dls.train), 'epochs': 2, 'confusion': 2, 'top_losses': 32, 'alerts': 0,
+                      'items': 2, 'item_epochs': 4, 'decisions': 0}
+    for row in store.rows('item_epochs', run.id, split='valid'):  # the validation pass's items, not the others'
+        assert row.n_items == len(dls.valid_ds)
     assert [store.confusion(run.id, e).matrix.sum() for e in (0, 1)] == [len(dls.valid_ds)] * 2
     learn.remove_cb(evaluate)  # its get_preds in before_epoch would wait on the lock of fastai's own get_preds
     interp = ClassificationInterpretation.from_learner(learn)
@@ -229,6 +233,9 @@ def test_an_evaluation_inside_the_validation_pass_leaves_that_pass_its_own(dls, 
     [run] = store.runs()
     assert run.status == 'finished'
     assert store.confusion(run.id, 0).matrix.sum() == len(dls.valid_ds)
+    # The pass's items are the validation set's, however many the inner evaluation had.
+    assert [r.n_items for r in store.rows('item_epochs', run.id, split='valid')] == [len(dls.valid_ds)]
+    assert all(t.item.startswith('valid/') for t in store.top_losses(run.id, 0))
     learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, ValidateInsideThePass)])
     interp = ClassificationInterpretation.from_learner(learn)
     np.testing.assert_array_equal(store.confusion(run.id).matrix, interp.confusion_matrix())

@@ -302,7 +302,7 @@ class WatchCallback(Callback):
                             + self.lifecycle.fine_tune_epochs())
 
     def _record_validation(self, result: dict) -> None:
-        recording, dl = self.recording, base_loader(self.learn.dl)
+        recording, dl = self.recording, result['loader']
         top, epoch, run_id, n = result['top'], recording.position.epoch, recording.id, result['n_classes']
         recording.writer.add_rows(confusion.name, [ConfusionRow(run_id, epoch, n, pack_cells(result['cells']))])
         names = recording.class_names if recording.class_names and len(recording.class_names) == n else None

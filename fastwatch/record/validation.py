@@ -78,6 +78,7 @@ class ValidationCollector:
     def __init__(self, learn: Learner, k: int, values: bool = True):
         "`k`: the highest-loss items kept; `values`: also every item's values (`ItemValues`)."
         self.learn, self.k, self.values = learn, k, values
+        self.dl = learn.dl  # this pass's: an evaluation run from a callback before the pass ends changes `learn.dl`
         self.classification, self.n_classes = True, None
         self.pending, self.pending_values = [], 0  # (pred, targ, images) of batches not reduced yet, their values
         self.reduced = 0  # items reduced so far: the pass position of the first pending one
@@ -143,7 +144,7 @@ class ValidationCollector:
         with torch._C.DisableTorchFunctionSubclass():
             n, chunks = self.n_classes, PerItem(*(torch.cat(column) for column in zip(*self.items)))
             targets, decoded = chunks.classes, chunks.decoded
-            indices, real = pass_order(self.learn.dl, len(targets))
+            indices, real = pass_order(self.dl, len(targets))
             # Targets outside the vocabulary (-100, the loss's ignore_index) are left out, as the loss leaves them out.
             keep = torch.as_tensor(real, device=targets.device) & chunks.labelled
             pairs, counts = torch.unique(targets[keep] * n + decoded[keep], return_counts=True)
@@ -155,24 +156,24 @@ class ValidationCollector:
                        'probability': chunks.probability[at]}
             columns = {name: values.cpu().numpy() for name, values in columns.items()}
             images = self._images_at(at)
-            whole = self.values and not isinstance(self.learn.dl, DistributedDL)
+            whole = self.values and not isinstance(self.dl, DistributedDL)
             values = self._values(chunks, indices) if whole else None
         return {'n_classes': n, 'cells': np.column_stack([pairs // n, pairs % n, counts]).astype(np.int64),
                 'top': {'index': indices[at.cpu().numpy()], **columns}, 'images': images, 'values': values}
 
     def _values(self, chunks: PerItem, indices: np.ndarray) -> ItemValues:
         "Every item's values in this pass, by dataset index."
-        items = EpochItems(len(base_loader(self.learn.dl).dataset), chunks.loss.device)
+        items = EpochItems(len(base_loader(self.dl).dataset), chunks.loss.device)
         items.put(torch.as_tensor(indices, device=chunks.loss.device), chunks)
         return items.values()
 
     def result(self) -> dict | None:
         """`{'n_classes', 'cells': (k, 3) (actual, predicted, count), 'top': [{'index', 'loss', 'actual', 'predicted',
-        'probability', 'input_image'}], 'values'}` with dataset indices, highest loss first (`input_image`: the input
-        the pass saw, when kept, else None; `values`: every item's `ItemValues`, when asked for and not under
-        `distrib_ctx`); None when
-        the pass is not single-label classification, and on every rank but 0 under `distrib_ctx`."""
-        if not isinstance(self.learn.dl, DistributedDL): return self._merge([self._local()])
+        'probability', 'input_image'}], 'values', 'loader'}` with dataset indices of `loader`, highest loss first
+        (`input_image`: the input the pass saw, when kept, else None; `values`: every item's `ItemValues`, when asked
+        for and not under `distrib_ctx`); None when the pass is not single-label classification, and on every rank
+        but 0 under `distrib_ctx`."""
+        if not isinstance(self.dl, DistributedDL): return self._merge([self._local()])
         try: local = self._local()
         except Exception:
             _gather(None)  # still join the collective: the other ranks would wait for this one forever
@@ -190,7 +191,7 @@ class ValidationCollector:
         rows = [dict(zip(top, values), input_image=images[i])
                 for i, *values in zip(order.tolist(), *(top[name][order].tolist() for name in top))]
         return {'n_classes': shares[0]['n_classes'], 'cells': cells, 'top': rows,
-                'values': shares[0]['values'] if len(shares) == 1 else None}
+                'values': shares[0]['values'] if len(shares) == 1 else None, 'loader': base_loader(self.dl)}
 
 
 def decoded_inputs(dl, top: list[dict]) -> dict:
