@@ -20,7 +20,7 @@ from sklearn.metrics import confusion_matrix
 
 from fastwatch import open_store
 from fastwatch.cli import run_command
-from fastwatch.record.validation import PENDING_VALUES
+from fastwatch.record.dynamics import PENDING_VALUES, PerItem
 from fastwatch.share.exports import HEATMAP_SIDE, confusion_png
 from fastwatch.store.confusion import dense
 from fastwatch.view.charts import IMAGE_SIDE, most_confused
@@ -37,8 +37,7 @@ class HeldByCollector(Callback):
     def after_batch(self):
         collector = self.learn.watch.collectors[-1] if self.learn.watch.collectors else None
         if self.training or collector is None: return
-        held = [t for values in (collector.losses, collector.decoded, collector.probs, collector.targets)
-                for t in values]
+        held = [t for chunk in collector.items for t in chunk]
         self.most = max(self.most, sum(t.numel() for t in held))
         pending = sum(t.numel() for batch in collector.pending for t in batch if t is not None)
         self.most_pending = max(self.most_pending, pending)
@@ -114,9 +113,9 @@ def test_many_classes_recorded_sparsely_as_fastai_finds_them(case, request):
     assert [t.item_index for t in top] == idxs.tolist()
     np.testing.assert_allclose([t.loss for t in top], losses.tolist(), rtol=1e-5)
     assert {t.actual for t in top} <= set(learn.dls.vocab)
-    # The pass holds a few values per item, never per class pair: 4 tensors of at most n_valid items.
+    # The pass holds a few values per item, never per class pair: a `PerItem` of tensors of at most n_valid items.
     held = run['held']
-    assert held['items'] <= 4 * n_valid
+    assert held['items'] <= len(PerItem._fields) * n_valid
     # ... and the scores of at most PENDING_VALUES (one batch more) not reduced yet: nothing grows with n².
     assert 0 < held['pending'] <= PENDING_VALUES + 2 * held['batch_scores']
     if n * n_valid > 2 * PENDING_VALUES: assert held['items'] > 0  # reduced during the pass, not only at its end
@@ -183,8 +182,8 @@ def test_a_1000_class_page_settles_and_keeps_answering_in_chromium(thousand, tmp
             rows, highest = page.evaluate(image_js)
             assert rows == -(-1000 // -(-1000 // IMAGE_SIDE)) and highest > 1  # counts
             size = -(-1000 // IMAGE_SIDE)
-            boxes = [c.bounding_box() for c in page.locator('canvas').all()]  # None for one not shown (any more)
-            chart = max(filter(None, boxes), key=lambda box: box['y'])  # the confusion matrix, last on the page
+            boxes = [c.bounding_box() for c in page.locator('.fw-confusion canvas').all()]  # None: not shown (now)
+            chart = max(filter(None, boxes), key=lambda box: box['y'])
             page.mouse.move(chart['x'] + chart['width'] / 2, chart['y'] + 100)
             hover = page.get_by_text(re.compile(rf'^class \d+ … class \d+ \({size} classes\)$'))
             hover.first.wait_for(timeout=30_000)  # the hover names the classes of the bin under the pointer

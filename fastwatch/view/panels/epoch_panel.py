@@ -99,6 +99,7 @@ class EpochPanel:
         self.normalised = widgets.ToggleButtons(options=[('counts', False), ('row-normalised', True)])
         self.confusion: ConfusionChart | None = None
         self.confusion_box = widgets.Box(layout=widgets.Layout(width='100%'))
+        self.confusion_box.add_class('fw-confusion')
         self.pairs, self.gallery, self.note = widgets.HTML(), widgets.HTML(), widgets.HTML()
         self.pair = widgets.Dropdown(description='Items of', layout=control_layout(),
                                      style={'description_width': '60px'})
