@@ -70,11 +70,14 @@ def recorded(location) -> tuple[RunRecord, dict[str, int], list[int]]:
     finally: db.close()
 
 
-def expected_rows(batches: int, epochs: int) -> dict[str, int]:
-    "The rows a run of `batches` training batches and `epochs` validated epochs makes, by table."
+def expected_rows(batches: int, epochs: int, item_images: int | None = None) -> dict[str, int]:
+    """The rows a run of `batches` training batches and `epochs` validated epochs makes, by table; `item_images`:
+    the thumbnails of its suspects (their number depends on the run), None for a run without `dynamics`."""
     blocks = sum(math.ceil(batches / block_span(level)) for level in range(BLOCK_LEVELS))
+    dynamics = item_images is not None
     return {'batches': batches, 'epochs': epochs, 'confusion': epochs, 'top_losses': epochs * TOP_K, 'alerts': 0,
-            'batch_blocks': blocks}
+            'batch_blocks': blocks, 'items': 2 * dynamics, 'item_epochs': 2 * epochs * dynamics,
+            'item_images': item_images or 0, 'decisions': 0}
 
 
 # --- ways to break a store ------------------------------------------------------------------------------------
@@ -302,7 +305,8 @@ def test_the_dashboard_crashing_leaves_training_alone(start_training, baseline, 
         assert same_weights(torch.load(training.weights), baseline)
         assert 'Traceback' not in training.stderr() and warnings(training.stderr()) == []
         run, counts, _ = recorded(location)
-        assert run.status == 'finished' and counts == expected_rows(len(training.batches), training.epochs)
+        assert run.status == 'finished' and counts['item_images'] > 0
+        assert counts == expected_rows(len(training.batches), training.epochs, counts['item_images'])
         with served(location, tmp_path) as url:  # a new server shows the run
             page = browser.new_page()
             open_dashboard(page, url, timeout=60)
