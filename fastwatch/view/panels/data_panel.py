@@ -49,15 +49,10 @@ class ItemsRead:
     def label(self, c: int) -> str: return class_label(self.vocab, c)
 
 
-def _thumbnail(image: ItemImageRow | None, name: str) -> str:
-    return thumbnail_html(*((image.image, image.image_type, image.text) if image else (None, None, None)), name)
-
-
 class DataPanel:
     "A split's data map and suspects, the picked item's history, and the decisions (`decide`: None on read-only pages)."
     css = """
-.fw-cards { display: flex; flex-wrap: wrap; gap: 10px; }
-.fw-card { width: 150px; font-size: 11px; line-height: 1.35; overflow-wrap: anywhere; }
+.fw-card { width: 150px; margin: 0 10px 10px 0; font-size: 11px; line-height: 1.35; overflow-wrap: anywhere; }
 .fw-card img { width: 100px; height: 100px; object-fit: contain; image-rendering: pixelated; background: #eee; }
 .fw-card pre { white-space: pre-wrap; max-height: 8em; overflow: hidden; margin: 0; }
 .fw-decided { color: #8a4b00; font-weight: bold; }
@@ -144,7 +139,7 @@ class DataPanel:
         read, found = self.read, self.read.found
         last, name = found.last, found.name(index)
         label, predicted = read.label(int(last.label[index])), read.label(int(last.predicted[index]))
-        return (f"<div class='fw-card'>{_thumbnail(read.images.get(index), name)}<br>"
+        return (f"<div class='fw-card'>{thumbnail_html(read.images.get(index), name)}<br>"
                 + (f'#{rank} ' if rank else '') + f'{escape(name)}<br><b>{escape(label)}</b> / {escape(predicted)}'
                 f"<br>p(label) {value_text(float(last.label_prob[index]), '.2f')} · "
                 f"loss {value_text(float(last.loss[index]), '.3f')}<br>"

@@ -23,10 +23,12 @@ IMAGE_TYPES = ('image/png', 'image/jpeg', 'image/webp', 'image/gif')
 PAIR_ITEMS = 48  # items of a confusion matrix's cell shown at once
 
 
-def thumbnail_html(image: bytes | None, image_type: str | None, text: str | None, name: str) -> str:
-    "An item's thumbnail, else its short text form, else its name; titled with its name."
+def thumbnail_html(row, name: str) -> str:
+    """An item's thumbnail, else its short text form, else its name; titled with its name. `row`: a row with
+    `image`, `image_type` and `text` columns (a top loss, an item's image), or None."""
+    image, text = getattr(row, 'image', None), getattr(row, 'text', None)
     if image:
-        kind = image_type if image_type in IMAGE_TYPES else 'image/png'
+        kind = row.image_type if row.image_type in IMAGE_TYPES else 'image/png'
         return (f"<img src='data:{kind};base64,{base64.b64encode(image).decode()}' alt='{escape(name)}' "
                 f"title='{escape(name)}'>")
     return f"<pre title='{escape(name)}'>{escape(text or name)}</pre>"
@@ -43,7 +45,7 @@ def gallery_html(items: list[TopLossRow], decided: dict | None = None) -> str:
     `decided`: the run's decisions by (split, item), marked on the items they are about."""
     if not items: return "<p class='fw-muted'>No top losses recorded for this epoch.</p>"
     decided = decided or {}
-    cards = [f"<figure class='fw-item'>{thumbnail_html(item.image, item.image_type, item.text, item.item)}"
+    cards = [f"<figure class='fw-item'>{thumbnail_html(item, item.item)}"
              f"<figcaption><b>{escape(item.actual)}</b> / {escape(item.predicted)}<br>loss "
              f"{value_text(item.loss, '.3f')} · p {value_text(item.probability, '.2f')}"
              f"{decision_html(decided.get(('valid', item.item)))}</figcaption></figure>" for item in items]
@@ -65,10 +67,10 @@ class PairItems:
 
 def pair_items_html(pair: PairItems | None) -> str:
     if pair is None: return "<p class='fw-muted'>No per-item values recorded for this epoch's validation items.</p>"
-    cards = [f"<figure class='fw-item'>{thumbnail_html(*((i.image, i.image_type, i.text) if i else (None,) * 3), n)}"
+    cards = [f"<figure class='fw-item'>{thumbnail_html(image, n)}"
              f"<figcaption>{escape(n)}<br>loss {value_text(loss, '.3f')} · p(label) {value_text(p, '.2f')}"
              f"{decision_html(pair.decided.get(('valid', n)))}</figcaption></figure>"
-             for n, loss, p, i in zip(pair.names[:PAIR_ITEMS], pair.losses, pair.label_probs, pair.images)]
+             for n, loss, p, image in zip(pair.names[:PAIR_ITEMS], pair.losses, pair.label_probs, pair.images)]
     more = f' (the {PAIR_ITEMS} of highest loss shown)' if len(pair.names) > PAIR_ITEMS else ''
     return (f"<div class='fw-muted'>{len(pair.names)} items of actual <b>{escape(pair.actual)}</b> predicted "
             f"<b>{escape(pair.predicted)}</b>{more}</div><div class='fw-gallery'>{''.join(cards)}</div>")
