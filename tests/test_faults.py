@@ -70,14 +70,15 @@ def recorded(location) -> tuple[RunRecord, dict[str, int], list[int]]:
     finally: db.close()
 
 
-def expected_rows(batches: int, epochs: int, item_images: int | None = None) -> dict[str, int]:
+def expected_rows(batches: int, epochs: int, item_images: int | None = None, system: int = 0) -> dict[str, int]:
     """The rows a run of `batches` training batches and `epochs` validated epochs makes, by table; `item_images`:
-    the thumbnails of its suspects (their number depends on the run), None for a run without `dynamics`."""
+    the thumbnails of its suspects (their number depends on the run), None for a run without `dynamics`; `system`:
+    the process's samples (one every `system_every` s)."""
     blocks = sum(math.ceil(batches / block_span(level)) for level in range(BLOCK_LEVELS))
     dynamics = item_images is not None
     return {'batches': batches, 'epochs': epochs, 'confusion': epochs, 'top_losses': epochs * TOP_K, 'alerts': 0,
             'batch_blocks': blocks, 'items': 2 * dynamics, 'item_epochs': 2 * epochs * dynamics,
-            'item_images': item_images or 0, 'decisions': 0}
+            'item_images': item_images or 0, 'decisions': 0, 'system': system}
 
 
 # --- ways to break a store ------------------------------------------------------------------------------------
@@ -186,8 +187,10 @@ def test_training_survives_a_store_that_stops_writing(start_training, baseline, 
     fault = FAULTS[kind](tmp_path)
     try:
         open_store(fault.location).close()  # the store exists before the fault, as it would a run later
-        # Without the per-item tables, whose thumbnails' count depends on the run: every table's rows are known.
-        training = start_training(fault.location, pause=OUTAGES, sleep=0.1, bounds=BOUNDS, dynamics=False)
+        # Without the per-item tables and the process's samples, whose counts depend on the run: every table's rows
+        # are known.
+        training = start_training(fault.location, pause=OUTAGES, sleep=0.1, bounds=BOUNDS, dynamics=False,
+                                  system_every=0)
         committed, unfinished = [], []
 
         def at_pause(batch: int):
@@ -305,8 +308,8 @@ def test_the_dashboard_crashing_leaves_training_alone(start_training, baseline, 
         assert same_weights(torch.load(training.weights), baseline)
         assert 'Traceback' not in training.stderr() and warnings(training.stderr()) == []
         run, counts, _ = recorded(location)
-        assert run.status == 'finished' and counts['item_images'] > 0
-        assert counts == expected_rows(len(training.batches), training.epochs, counts['item_images'])
+        assert run.status == 'finished' and counts['item_images'] > 0 and counts['system'] >= 1
+        assert counts == expected_rows(len(training.batches), training.epochs, counts['item_images'], counts['system'])
         with served(location, tmp_path) as url:  # a new server shows the run
             page = browser.new_page()
             open_dashboard(page, url, timeout=60)

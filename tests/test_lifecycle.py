@@ -109,6 +109,7 @@ def test_evaluation_inside_a_fit_neither_ends_nor_pollutes_the_run(dls, tmp_path
     assert all(abs(e.valid_loss - float(o[0])) > 1e-6 for e, o in zip(epochs, evaluate.other_results))
     counts = store.counts(run.id)
     assert counts.pop('item_images') > 0  # the thumbnails of each epoch's new top suspects
+    assert counts.pop('system') >= 1  # the process, sampled from the first commit on
     assert counts == {'batches': 2 * len(dls.train), 'epochs': 2, 'confusion': 2, 'top_losses': 32, 'alerts': 0,
                       'items': 2, 'item_epochs': 4, 'decisions': 0}
     for row in store.rows('item_epochs', run.id, split='valid'):  # the validation pass's items, not the others'

@@ -114,11 +114,10 @@ def with_a_new_table(tmp_path) -> Path:
     tables, schema = copy / 'fastwatch' / 'store' / 'tables.py', copy / 'fastwatch' / 'store' / 'schema.py'
     tables.write_text(tables.read_text() + NEW_TABLE)
     text = schema.read_text()
-    today = 'MIGRATIONS = {1: _upgrade_from_1, 2: _upgrade_from_2}'
-    assert today in text
-    migration = today[:-1] + ', 3: lambda conn: notes.table.create(conn)}'
-    schema.write_text(text.replace('from .tables import alerts,', 'from .tables import notes, alerts,')
-                      .replace(today, migration))
+    version = 'SCHEMA_VERSION = max(MIGRATIONS) + 1'
+    assert version in text and 'from .tables import (\n' in text
+    schema.write_text(text.replace('from .tables import (\n', 'from .tables import (\n    notes,\n')
+                      .replace(version, f'MIGRATIONS[max(MIGRATIONS) + 1] = AddTables((notes,))\n{version}'))
     return copy
 
 

@@ -42,6 +42,7 @@ from .items import item_identities, item_name
 from .network import PublishListener
 from .recording import Recording, Thumbnails
 from .run import RunLifecycle
+from .system import SystemSampler
 from .validation import (
     ValidationCollector,
     base_loader,
@@ -105,6 +106,9 @@ class WatchCallback(Callback):
     finishes, fails or its loss is not finite, and when a metric meets a condition of `alert_on`, such as
     `{'error_rate': '<0.05', 'valid_loss': 'no improvement for 3 epochs'}`.
 
+    `system_every`: sample the process's CPU use and memory (and the GPU's, on CUDA) every so many seconds, from
+    the writer's thread (0: never).
+
     `dynamics`: record every item's loss, probability of its label and prediction each epoch, from the training
     and validation passes themselves (single-label classification), for the data map and the suspects list.
 
@@ -119,9 +123,11 @@ class WatchCallback(Callback):
     def __init__(self, store=None, name: str | None = None, config: dict | None = None, top_k: int = 16,
                  thumb_size: int = 128, publish: str | None = None, publish_every: float = 30,
                  publish_url: str | None = None, alerts: str | list[str] | None = None, alert_on: dict | None = None,
-                 show: bool = False, dynamics: bool = True):
+                 show: bool = False, dynamics: bool = True, system_every: float = 10.0):
         if top_k < 0: raise ValueError(f'WatchCallback: top_k must be 0 or more, not {top_k}')
         if thumb_size < 1: raise ValueError(f'WatchCallback: thumb_size must be at least 1 pixel, not {thumb_size}')
+        if not system_every >= 0:
+            raise ValueError(f'WatchCallback: system_every takes seconds, 0 for none, not {system_every}')
         if not isinstance(config or {}, dict): raise ValueError(f'WatchCallback: config must be a dict, not {config!r}')
         self.store, self.run_name, self.config = store, name, config or {}
         self.top_k, self.thumb_size = top_k, thumb_size
@@ -130,6 +136,7 @@ class WatchCallback(Callback):
             try: check_target(self.publish, publish_every)
             except PublishError as e: raise ValueError(f'WatchCallback: {e}') from None
         self.publish_every, self.alert_on, self.show, self.dynamics = publish_every, alert_on, show, dynamics
+        self.system_every = system_every
         self.alerts = notify_urls(alerts or os.environ.get('FASTWATCH_ALERTS'))
         parse_alert_on(alert_on), notifiers(self.alerts)  # a bad condition or URL fails here, not during the fit
         self.disabled, self.collectors = False, []
@@ -254,6 +261,9 @@ class WatchCallback(Callback):
                                        recording.class_names, time.time()),
                          probe=partial(self.lifecycle.probe, run_id))
         self.lifecycle.end_at_exit()
+        if self.system_every:
+            writer.listeners.append(SystemSampler(run_id, writer.add_rows, self.system_every,
+                                                  getattr(learn.dls, 'device', None)))
         if not (self.show and self._show_here(run_id)):
             self._say(f'fastwatch: recording run {run_id} into {writer.location} - watch it: '
                       f'fastwatch serve --store {writer.location} --run {run_id}')

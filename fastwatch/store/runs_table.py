@@ -2,8 +2,8 @@
 
 A run's columns: its name and state, when it started and how long it ran, epochs done of those planned, the final
 train and valid loss and every metric, the best value of each metric and its epoch, the keys of its
-`WatchCallback(config=…)`, and the model, batch size and dataset sizes of its info. Two reads in all: the runs,
-then every run's epochs.
+`WatchCallback(config=…)`, the most memory its process used (sampled), and the model, batch size and dataset
+sizes of its info. Three reads in all: the runs, every run's epochs, and every run's peak memory.
 """
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from .records import RunRecord
-from .tables import epochs
+from .tables import epochs, system
 
 # Metrics whose lower values are better; any other metric's best is its highest (accuracy, dice, F1, R²).
 LOWER_IS_BETTER = re.compile(r'loss|error|mse|mae|rmse|msle|perplexity', re.IGNORECASE)
@@ -31,6 +31,7 @@ class RunSummary:
     final: dict[str, object] = field(default_factory=dict)  # train_loss, valid_loss and each metric, last epoch's
     best: dict[str, tuple[float, int]] = field(default_factory=dict)  # metric (and valid_loss): (value, epoch)
     duration: float = 0.0
+    peak: dict[str, float] = field(default_factory=dict)  # the most memory sampled: peak_rss_mb, peak_cuda_mb
 
     @property
     def metric_names(self) -> list[str]:
@@ -46,6 +47,7 @@ class RunSummary:
         for name, (value, epoch) in self.best.items():
             found.update({f'best_{name}': value, f'best_{name}_epoch': epoch})
         found.update({f'config.{key}': value for key, value in (run.config or {}).items()})
+        found.update(self.peak)
         found.update({'model': info.model, 'batch_size': info.batch_size, 'n_train': info.n_train,
                       'n_valid': info.n_valid})
         return found
@@ -67,6 +69,11 @@ def run_summaries(store) -> list[RunSummary]:
             best = summary.best.get(name)
             better = best is None or (value < best[0] if lower_is_better(name) else value > best[0])
             if better: summary.best[name] = (value, row.epoch)
+    if system.name not in store.absent:
+        t = system.table
+        peaks = select(t.c.run_id, func.max(t.c.rss_mb), func.max(t.c.cuda_allocated_mb)).group_by(t.c.run_id)
+        for run_id, rss, cuda in store.all_rows(peaks.where(t.c.run_id.in_(list(found)))):
+            found[run_id].peak = {'peak_rss_mb': rss, **({'peak_cuda_mb': cuda} if cuda is not None else {})}
     now = time.time()
     for summary in found.values():
         run = summary.run

@@ -25,6 +25,7 @@ from .tables import (
     items,
     meta,
     metadata,
+    system,
     top_losses,
 )
 
@@ -60,7 +61,8 @@ class AddTables:
 
 # Upgrades from an older schema: {old_version: function(connection)} bringing it to old_version + 1.
 MIGRATIONS = {1: _upgrade_from_1,
-              2: AddTables((items, item_epochs, item_images, decisions))}  # items' dynamics, decisions
+              2: AddTables((items, item_epochs, item_images, decisions)),  # items' dynamics, decisions
+              3: AddTables((system,))}  # the process's CPU and memory
 SCHEMA_VERSION = max(MIGRATIONS) + 1
 
 

@@ -208,6 +208,21 @@ decisions = run_table(
     Column('label', Text),  # the new class, for relabel
     cursor='seq')
 
+# The training process every few seconds (`record/system.py`), sampled in the writer's thread: its CPU use (% of one
+# core since the last sample) and resident memory, and on CUDA the device memory of torch's allocator and the GPU's
+# use. `step`: the last batch written when it was sampled, so that it lines up with the loss.
+system = run_table(
+    'system', _key('seq'),
+    Column('time', Float, nullable=False),
+    Column('step', Integer),
+    Column('cpu_percent', Float),
+    Column('rss_mb', Float),
+    Column('cuda_allocated_mb', Float),
+    Column('cuda_reserved_mb', Float),
+    Column('gpu_percent', Float),
+    cursor='seq')
+
 BatchRow, BlockRow, EpochRow = batches.Row, batch_blocks.Row, epochs.Row
 ConfusionRow, TopLossRow, AlertRow = confusion.Row, top_losses.Row, alerts.Row
 ItemsRow, ItemEpochRow, ItemImageRow, DecisionRow = items.Row, item_epochs.Row, item_images.Row, decisions.Row
+SystemRow = system.Row

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..store import RunRecord, Store
-from ..store.tables import AlertRow, BatchRow, EpochRow
+from ..store.tables import AlertRow, BatchRow, EpochRow, SystemRow, system
 
 MAX_POINTS = 2000  # points per series sent to the browser; more are downsampled (min/max buckets)
 FOLLOWED_STATES = ('live', 'stale')  # states in which a run may still change
@@ -24,6 +24,15 @@ def fit_spans(epochs: list[EpochRow], last: BatchRow | None) -> list[dict]:
         span = spans.setdefault(row.fit, {'fit': row.fit, 'frozen': bool(row.frozen), 'start': end + 1})
         span['end'] = end = max(end, row.step)
     return list(spans.values())
+
+
+SYSTEM_SERIES = ('cpu_percent', 'rss_mb', 'cuda_allocated_mb', 'cuda_reserved_mb', 'gpu_percent')
+
+
+def system_series(rows: list[SystemRow]) -> dict[str, dict]:
+    "The process's samples as series over the training's steps (0 before its first batch), one a column."
+    steps = [row.step or 0 for row in rows]
+    return {name: {'x': steps, 'y': [getattr(row, name) for row in rows]} for name in SYSTEM_SERIES}
 
 
 def metric_order(names: list[str], epochs: list[EpochRow]) -> list[str]:
@@ -41,13 +50,15 @@ class RunUpdate:
     batches: dict[str, list] = field(default_factory=dict)
     epochs: list[EpochRow] = field(default_factory=list)
     alerts: list[AlertRow] = field(default_factory=list)
+    system: list[SystemRow] = field(default_factory=list)
     changed: bool = False  # the record's state or update time changed
     reload: bool = False
 
     @property
     def new(self) -> bool:
         "Whether anything came."
-        return bool(self.changed or self.reload or self.batches.get('step') or self.epochs or self.alerts)
+        return bool(self.changed or self.reload or self.batches.get('step') or self.epochs or self.alerts
+                    or self.system)
 
 
 class RunFeed:
@@ -59,6 +70,7 @@ class RunFeed:
         self.cursor: int | None = None  # last batch step read
         self.epochs: list[EpochRow] = []
         self.alerts: list[AlertRow] = []
+        self.system: list[SystemRow] = []
         self.last: BatchRow | None = None  # the latest batch row
         self.run: RunRecord = store.run(run_id)
 
@@ -74,8 +86,10 @@ class RunFeed:
         self.cursor = down['cursor']
         self.epochs = self.store.epochs(self.run_id)
         self.alerts = self.store.alerts(self.run_id)
+        self.system = self.store.rows(system, self.run_id)
         self.last = self.store.last_batch(self.run_id)
         series = {name: {'x': points['step'], 'y': points['value']} for name, points in down['series'].items()}
+        series.update(system_series(self.system))
         return {'series': series, 'epochs': self.epochs, 'spans': self.spans()}
 
     def spans(self) -> list[dict]: return fit_spans(self.epochs, self.last)
@@ -98,8 +112,10 @@ class RunFeed:
             update.batches = batches
         update.epochs = self.store.epochs(self.run_id, since=self.epochs[-1].epoch if self.epochs else None)
         update.alerts = self.store.alerts(self.run_id, since=self.alerts[-1].seq if self.alerts else None)
+        update.system = self.store.rows(system, self.run_id, since=self.system[-1].seq if self.system else None)
         self.epochs += update.epochs
         self.alerts += update.alerts
+        self.system += update.system
         return update
 
 

@@ -11,7 +11,7 @@ from jupyter_bokeh import BokehModel
 
 from ...store.tables import EpochRow
 from ..charts import Layer, LossChart, SeriesChart
-from ..feed import RunUpdate
+from ..feed import RunUpdate, system_series
 from .run_list import GRID
 
 Series = dict[str, dict]  # {name: {'x': [...], 'y': [...]}}
@@ -57,8 +57,18 @@ DURATION = ChartSpec(
     lambda labels: SeriesChart('Epoch duration', 'epoch', 'seconds', [Layer('duration', 'seconds', 'bars', '{0.0}')],
                                labels),
     lambda series, epochs: {'duration': per_epoch(epochs, 'epoch', lambda e: e.duration)})
+MEMORY = ChartSpec(
+    'memory', lambda labels: SeriesChart('Memory', 'step', 'MB', [
+        Layer('rss_mb', 'process', 'points', '{0,0}'), Layer('cuda_allocated_mb', 'CUDA allocated', 'line', '{0,0}'),
+        Layer('cuda_reserved_mb', 'CUDA reserved', 'line', '{0,0}')], labels),
+    lambda series, epochs: {k: series[k] for k in ('rss_mb', 'cuda_allocated_mb', 'cuda_reserved_mb')})
+CPU = ChartSpec(
+    'cpu', lambda labels: SeriesChart('CPU and GPU use', 'step', '%', [
+        Layer('cpu_percent', 'process CPU (100% = a core)', 'points', '{0}'),
+        Layer('gpu_percent', 'GPU', 'line', '{0}')], labels),
+    lambda series, epochs: {k: series[k] for k in ('cpu_percent', 'gpu_percent')})
 METRICS = 'metrics'  # where the metrics' charts go
-CHARTS = (LOSS, METRICS, LEARNING_RATE, DURATION)
+CHARTS = (LOSS, METRICS, LEARNING_RATE, DURATION, MEMORY, CPU)
 COMPACT_CHARTS = (LOSS, METRICS)  # under a notebook cell
 
 
@@ -102,7 +112,7 @@ class ChartGrid:
 
     def extend(self, run_id: str, update: RunUpdate, spans: list[dict] | None) -> None:
         "Add what a poll read of a run; `spans`: the shown run's fits, to shade."
-        series = batch_series(update.batches or NO_BATCHES)
+        series = {**batch_series(update.batches or NO_BATCHES), **system_series(update.system)}
         for spec in self.specs: self.charts[spec.key].extend(run_id, spec.data(series, update.epochs))
         if spans is not None: self.charts[LOSS.key].shade(spans)
 
