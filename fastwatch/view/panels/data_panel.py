@@ -4,6 +4,7 @@ history, and the decisions about items (`store.decisions`). Only the run's owner
 `fastwatch serve` serves, gets controls to decide; every other page shows the decisions read-only."""
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -88,8 +89,10 @@ class DataPanel:
 
     # --- reading ----------------------------------------------------------------------------------------
     def show_run(self, run_id: str) -> None:
+        "Show a run's items: in a kernel, once the page has what it draws first (the charts), outside one at once."
         self.run_id, self.page = run_id, 0
-        self.refresh()
+        try: asyncio.get_running_loop().call_soon(self.refresh)
+        except RuntimeError: self.refresh()
 
     def refresh(self) -> None:
         "Read the split's items again (a new epoch, a decision) and show them."
