@@ -62,7 +62,7 @@ def test_most_confused():
 
 def test_charts_follow_the_registry_a_chart_per_metric_in_order():
     assert [spec.key for spec in charts_for(['error_rate', 'accuracy'])] == [
-        'loss', 'metric:error_rate', 'metric:accuracy', 'lr', 'duration']
+        'loss', 'metric:error_rate', 'metric:accuracy', 'lr', 'duration', 'memory', 'cpu']
     series = {name: {'x': [0, 1], 'y': [1.0, 0.5]} for name in ('loss', 'smooth_loss', 'lr')}
     layers = LOSS.data(series, EPOCHS)
     assert layers['valid_loss'] == {'x': [9], 'y': [0.9]} and layers['loss'] == series['loss']
