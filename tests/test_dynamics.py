@@ -19,6 +19,8 @@ from sklearn.datasets import load_wine
 
 from fastwatch import WatchCallback, open_store
 from fastwatch.demo.digits import digits_dls, mislabel
+from fastwatch.record.dynamics import SUSPECT_IMAGES
+from fastwatch.record.thumbnails import file_thumbnail
 from fastwatch.store.dynamics import SPLITS, ItemValues, read_data_map
 
 
@@ -152,3 +154,14 @@ def test_tabular_rows_are_named_by_their_index_and_no_files(tmp_path):
     values = ItemValues.unpack(last.n_items, last.item_values)
     np.testing.assert_allclose(values.loss, losses.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(values.label, targs.view(-1).numpy())
+
+
+def test_the_top_suspects_have_thumbnails_of_their_files(mislabelled):
+    store, run_id, folder = mislabelled['store'], mislabelled['run_id'], mislabelled['folder']
+    found = read_data_map(store, run_id, 'train')
+    images = {row.item_index: row for row in store.rows('item_images', run_id, split='train')}
+    top = [int(i) for i in found.suspects()[:SUSPECT_IMAGES]]
+    assert set(top) <= set(images)  # the first page's, as the run ranks them at its end
+    for index in top:
+        assert images[index].image == file_thumbnail(folder / found.name(index), 128)['image']
+        assert images[index].image[:4] == b'\x89PNG'

@@ -5,6 +5,7 @@ import os
 import platform
 import time
 import warnings
+from collections.abc import Callable
 from functools import partial
 
 import fastai
@@ -38,11 +39,12 @@ from ..store.tables import (
 )
 from .alerts import Alerts, notifiers, notify_urls, parse_alert_on
 from .dynamics import SuspectImages, TrainingDynamics
-from .items import item_identities, item_name
+from .items import item_files, item_identities, item_name
 from .network import PublishListener
 from .recording import Recording, Thumbnails
 from .run import RunLifecycle
 from .system import SystemSampler
+from .thumbnails import file_thumbnail
 from .validation import (
     ValidationCollector,
     base_loader,
@@ -346,27 +348,30 @@ class WatchCallback(Callback):
         if not found: return
         run_id, epoch, root = recording.id, recording.position.epoch, getattr(dls, 'path', None)
         loaders = {'train': dls.train, 'valid': base_loader(dls.valid)}
-        inputs = {split: self._inputs(loaders[split],
-                                      recording.suspects.setdefault(split, SuspectImages()).new_suspects(values))
-                  for split, values in found.items()}
-        size = self.thumb_size
+        suspects = {split: recording.suspects.setdefault(split, SuspectImages()).new_suspects(values)
+                    for split, values in found.items()}
+        images = {split: self._suspect_images(loaders[split], indices) for split, indices in suspects.items()}
 
         def rows():  # in the writer's thread: packing, rendering and naming every item cost the training thread nothing
             made = {item_epochs.name: [ItemEpochRow(run_id, epoch, split, len(values), values.pack())
                                        for split, values in found.items()],
                     item_images.name: [ItemImageRow(run_id, split, index, epoch, **{
-                        'image': None, 'image_type': None, 'text': None, **render_input(value, size)})
-                        for split, shown in inputs.items() for index, value in shown.items()]}
+                        'image': None, 'image_type': None, 'text': None, **render()})
+                        for split, shown in images.items() for index, render in shown.items()]}
             if new: made[items.name] = [ItemsRow(run_id, split, epoch, *item_identities(loaders[split], root))
                                         for split in new]
             return made
         recording.writer.add_later(rows)
 
-    @staticmethod
-    def _inputs(dl, indices: list[int]) -> dict:
-        "Item index -> its input as `show_batch` has it; none for items that cannot be decoded (names suffice)."
+    def _suspect_images(self, dl, indices: list[int]) -> dict[int, Callable[[], dict]]:
+        """Item index -> what renders its thumbnail columns in the writer's thread: an image file's, from the file as
+        it is on disk (what a cleanup moves); else its input reloaded through the loader, as `show_batch` has it
+        (tabular rows, texts). None for items that cannot be decoded: their names suffice."""
         if not indices: return {}
-        try: return dict(zip(indices, reloaded_inputs(dl, indices)))
+        size, files = self.thumb_size, item_files(dl, indices)
+        if files is not None: return {index: partial(file_thumbnail, path, size) for index, path in files.items()}
+        try: return {index: partial(render_input, value, size)
+                     for index, value in zip(indices, reloaded_inputs(dl, indices))}
         except Exception: return {}
 
     def __getstate__(self):

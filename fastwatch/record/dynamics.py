@@ -22,7 +22,7 @@ from fastai.learner import Learner
 from ..store.dynamics import UNSEEN, ItemValues, recent_margin
 
 PENDING_VALUES = 1 << 22  # scores (items x classes) held before they are reduced to per-item values
-SUSPECT_IMAGES = 48  # the top suspects of each split that get a thumbnail: the data panel's first pages
+SUSPECT_IMAGES = 16  # the top suspects of each split that get a thumbnail: the data panel's first page
 
 
 class PerItem(NamedTuple):

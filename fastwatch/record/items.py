@@ -34,3 +34,12 @@ def item_identities(dl, root: Path | None) -> tuple[str | None, list[str], list 
         except OSError: files.append(None)
         else: files.append([info.st_size, info.st_mtime_ns])
     return str(Path(root or '.').resolve()), names, files
+
+
+def item_files(dl, indices: list[int]) -> dict[int, Path] | None:
+    "The files of a loader's items at `indices`, when its items are files; None for other items."
+    items = getattr(dl, 'items', None)
+    if items is None or hasattr(items, 'iloc'): return None
+    try: files = {index: items[index] for index in indices}
+    except Exception: return None
+    return files if all(isinstance(path, Path) for path in files.values()) else None

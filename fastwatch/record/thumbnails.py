@@ -28,3 +28,13 @@ def thumbnail_png(pixels: np.ndarray, size: int = 128) -> bytes:
     out = io.BytesIO()
     image.save(out, format='PNG', compress_level=1)  # much faster than the default level, hardly larger
     return out.getvalue()
+
+
+def file_thumbnail(path, size: int = 128) -> dict:
+    "The thumbnail columns (`image`, `image_type`) of an image file as it is on disk; none when it is not one."
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert('L' if image.mode in ('1', 'L', 'I', 'I;16', 'F') else 'RGB'))
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return {}
+    return {'image': thumbnail_png(pixels, size), 'image_type': 'image/png'}
