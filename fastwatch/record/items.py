@@ -2,21 +2,27 @@
 DataFrame row's index label, a short text) and, for files, what they were when recorded."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 MAX_TEXT = 200
 
 
+def _relative(path: str, root: str) -> str:
+    "`path` relative to `root`, as `Path.relative_to` gives it (lexically), or `path` itself when not under it."
+    if root == '.' or not path.startswith(root): return path
+    if root == '/': return path[1:] or '.'
+    return '.' if path == root else path[len(root) + 1:] if path[len(root)] == '/' else path
+
+
 def item_name(dl, index: int, root: Path | None = None) -> str:
-    "The identity of validation item `index`: its file path (relative to `root`), or its label."
+    "The identity of item `index` of a loader: its file path (relative to `root`), or its label."
     items = getattr(dl, 'items', None)
     try:
         item = items.index[index] if hasattr(items, 'iloc') else items[index]
     except Exception:
         return f'#{index}'
-    if isinstance(item, Path):
-        try: item = item.relative_to(root or Path('/'))
-        except ValueError: pass
+    if isinstance(item, Path): item = _relative(str(item), str(root or '/'))
     return str(item)[:MAX_TEXT]
 
 
@@ -25,15 +31,15 @@ def item_identities(dl, root: Path | None) -> tuple[str | None, list[str], list 
     to the data's `root`, a DataFrame row's index label), and for files their `[size, mtime_ns]` now: the data's
     root as an absolute path, the names, the files (None when the items are not files)."""
     n, items = len(dl.dataset), getattr(dl, 'items', None)
-    names = [item_name(dl, i, root) for i in range(n)]
-    if items is None or hasattr(items, 'iloc') or not all(isinstance(items[i], Path) for i in range(n)):
-        return None, names, None
-    files = []
-    for i in range(n):
-        try: info = items[i].stat()
+    paths = [items[i] for i in range(n)] if items is not None and not hasattr(items, 'iloc') else []
+    if not paths or not all(isinstance(path, Path) for path in paths):
+        return None, [item_name(dl, i, root) for i in range(n)], None
+    paths, files, base = [str(path) for path in paths], [], str(root or '/')
+    for path in paths:
+        try: info = os.stat(path)
         except OSError: files.append(None)
         else: files.append([info.st_size, info.st_mtime_ns])
-    return str(Path(root or '.').resolve()), names, files
+    return str(Path(root or '.').resolve()), [_relative(path, base)[:MAX_TEXT] for path in paths], files
 
 
 def item_files(dl, indices: list[int]) -> dict[int, Path] | None:
