@@ -198,8 +198,8 @@ def test_multi_label_and_regression_record_losses_without_confusion(digits_path,
         assert run.status == 'finished'
         assert learn.recorder.metric_names[3] in store.epochs(run.id)[0].metrics
         counts = store.counts(run.id)
-        assert counts.pop('system') >= 1 and counts == {**dict.fromkeys(counts, 0), 'batches': len(dls.train),
-                                                        'epochs': 1}
+        counts.pop('system')  # samples of the process: none in a run shorter than the writer's first commit
+        assert counts == {**dict.fromkeys(counts, 0), 'batches': len(dls.train), 'epochs': 1}
 
 
 def test_export_keeps_working(trained, tmp_path):

@@ -182,6 +182,7 @@ def test_a_1000_class_page_settles_and_keeps_answering_in_chromium(thousand, tmp
             rows, highest = page.evaluate(image_js)
             assert rows == -(-1000 // -(-1000 // IMAGE_SIDE)) and highest > 1  # counts
             size = -(-1000 // IMAGE_SIDE)
+            page.locator('.fw-confusion canvas').last.scroll_into_view_if_needed()  # below the charts' rows
             boxes = [c.bounding_box() for c in page.locator('.fw-confusion canvas').all()]  # None: not shown (now)
             chart = max(filter(None, boxes), key=lambda box: box['y'])
             page.mouse.move(chart['x'] + chart['width'] / 2, chart['y'] + 100)

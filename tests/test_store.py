@@ -225,14 +225,14 @@ CREATE TABLE top_losses (run_id VARCHAR(32) NOT NULL, epoch INTEGER NOT NULL, ra
 
 
 def test_an_older_store_whose_upgrades_add_tables_reads_as_it_is(trained, tmp_path):
-    "A snapshot of schema 2 (before items and decisions) opens read-only: the tables it lacks read as empty."
-    old = tmp_path / 'schema2.db'
+    "A snapshot of schema 2 (before items, decisions, system samples) opens read-only: the tables it lacks read empty."
+    old, added = tmp_path / 'schema2.db', {'items', 'item_epochs', 'item_images', 'decisions', 'system'}
     with sqlite3.connect(trained['path']) as source, sqlite3.connect(old) as target: source.backup(target)
     with sqlite3.connect(old) as conn:
-        for table in ('items', 'item_epochs', 'item_images', 'decisions'): conn.execute(f'DROP TABLE {table}')
+        for table in added: conn.execute(f'DROP TABLE {table}')
         conn.execute("UPDATE fastwatch_meta SET value='2' WHERE key='schema_version'")
     store, run_id = open_store(old, readonly=True), trained['run_id']
-    assert store.absent == {'items', 'item_epochs', 'item_images', 'decisions'}
+    assert store.absent == added
     assert store.rows('item_epochs', run_id) == [] and store.counts(run_id)['decisions'] == 0
     assert store.counts(run_id)['batches'] == trained['store'].counts(run_id)['batches']
     rows, _ = store.rows_after(run_id, {})
