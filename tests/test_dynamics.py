@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelEpochException
 from fastai.callback.mixup import MixUp
 from fastai.metrics import accuracy
 from fastai.tabular.all import CategoryBlock, Normalize, TabularDataLoaders, tabular_learner
@@ -18,7 +18,7 @@ from helpers import cli, train
 from sklearn.datasets import load_wine
 
 from fastwatch import WatchCallback, open_store
-from fastwatch.demo.digits import digits_dls, mislabel
+from fastwatch.demo.digits import digits_dls, digits_learner, mislabel
 from fastwatch.record.dynamics import SUSPECT_IMAGES
 from fastwatch.record.thumbnails import file_thumbnail
 from fastwatch.store.dynamics import SPLITS, ItemValues, read_data_map
@@ -165,3 +165,24 @@ def test_the_top_suspects_have_thumbnails_of_their_files(mislabelled):
     for index in top:
         assert images[index].image == file_thumbnail(folder / found.name(index), 128)['image']
         assert images[index].image[:4] == b'\x89PNG'
+
+
+class CancelFirstEpoch(Callback):
+    "Cancels the first epoch after a few training batches, as a user's callback may (`CancelEpochException`)."
+    def after_batch(self):
+        if self.training and self.epoch == 0 and self.iter == 3: raise CancelEpochException
+
+
+def test_an_epoch_cancelled_mid_way_leaves_the_next_epochs_items_their_own(few_digits, tmp_path):
+    dls = digits_dls(few_digits, bs=16)
+    learn = digits_learner(dls, cbs=[WatchCallback(store=tmp_path / 'cancel.db'), CancelFirstEpoch()])
+    with learn.no_bar(), learn.no_logging(): learn.fit(2, 1e-2)
+    store, run_id = open_store(tmp_path / 'cancel.db'), learn.watch.run_id
+    rows = store.rows('item_epochs', run_id, split='train')
+    batches = store.batches(run_id)
+    assert len(rows) == 1  # the cancelled epoch's training ended early: no values of it
+    values = ItemValues.unpack(rows[0].n_items, rows[0].item_values)
+    epoch = rows[0].epoch
+    losses = [loss for loss, e in zip(batches['loss'], batches['epoch']) if e == epoch]
+    assert values.seen.sum() == len(losses) * dls.train.bs == len(dls.train) * dls.train.bs
+    assert np.nanmean(values.loss) == pytest.approx(np.mean(losses), rel=1e-5)

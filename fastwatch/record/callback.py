@@ -186,7 +186,9 @@ class WatchCallback(Callback):
         begun = self.lifecycle.before_train()
         if begun == 'start': self._start_run()
         if begun: self._start_fit()
-        if self.lifecycle.recording: self.recording.epoch_started, self.recording.epoch_log = time.time(), None
+        if not self.lifecycle.recording: return
+        self.recording.epoch_started, self.recording.epoch_log = time.time(), None
+        if self.recording.dynamics is not None: self.recording.dynamics.begin_epoch()
 
     def after_batch(self):
         learn = self.learn  # the hot path: read the Learner's attributes directly, not through the callback

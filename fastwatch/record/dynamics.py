@@ -92,22 +92,24 @@ class EpochItems:
 
 
 class TrainingDynamics:
-    """The training items' values of each epoch, from its training batches: `add_batch` after each, `values` once
-    the epoch's training ends. Off (saying why, once, through `say`) when the training targets are not single
-    labels (MixUp and CutMix mix them, multi-label, regression) or the epoch's order is not known."""
+    """The training items' values of each epoch, from its training batches: `begin_epoch` as its training begins,
+    `add_batch` after each batch, `values` once its training ends (an epoch cancelled mid-way has none). Off
+    (saying why, once, through `say`) when the training targets are not single labels (MixUp and CutMix mix them,
+    multi-label, regression) or the epoch's order is not known."""
 
     def __init__(self, learn: Learner, say: Callable[[str], None]):
         self.learn, self.say, self.off = learn, say, False
-        self._new_epoch()
+        self.begin_epoch()
 
-    def _new_epoch(self) -> None:
+    def begin_epoch(self) -> None:
+        "Start an epoch afresh: whatever an epoch cancelled before its end held is dropped."
         self.pending, self.pending_values, self.position = [], 0, 0
         self.order: torch.Tensor | None = None
         self.items: EpochItems | None = None
 
     def _stop(self, why: str) -> None:
         self.off = True
-        self._new_epoch()
+        self.begin_epoch()
         self.say(f'fastwatch: no per-item training dynamics for this run: {why}')
 
     def _start_epoch(self, pred: torch.Tensor) -> bool:
@@ -153,7 +155,7 @@ class TrainingDynamics:
         with torch._C.DisableTorchFunctionSubclass():
             self._reduce()
             found = self.items.values() if self.items is not None and not self.off else None
-        self._new_epoch()
+        self.begin_epoch()
         return found
 
 
