@@ -80,9 +80,9 @@ def test_the_loss_series_grows_while_another_process_trains(site, page, digits_p
         seen.append(points(page))
     assert trainer.returncode == 0
     total = store.counts(run_id)['batches']
-    wait_for_points(page, total)
+    wait_for_points(page, total, timeout=60)  # generous: the page shares two busy cores with the server and kernel
     assert len(set(seen)) >= 3 and seen == sorted(seen)
-    page.wait_for_function("document.querySelector('.fw-header').innerText.includes('finished')", timeout=10_000)
+    page.wait_for_function("document.querySelector('.fw-header').innerText.includes('finished')", timeout=60_000)
 
 
 def test_a_closed_page_shuts_its_small_kernel_down(site, browser, digits_path, tmp_path):
