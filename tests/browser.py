@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlencode
 
+from helpers import wait_for
+
 CHROMIUM = '/usr/bin/chromium'
 CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
                  '--disable-background-networking', '--disable-component-update', '--disable-sync']
@@ -51,24 +53,28 @@ def served(store: Path, cwd: Path, timeout: float = 60, config: dict | None = No
         (cwd / 'jupyter-config' / 'voila.json').write_text(json.dumps(config))
         env['JUPYTER_CONFIG_DIR'] = str(cwd / 'jupyter-config')
     command = ['serve', '--store', str(store), '--port', str(port), '--host', host, *args]
-    server = subprocess.Popen([sys.executable, '-c', 'from fastwatch.cli import main; main()', *command], cwd=cwd,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # A file beside `cwd`, not a pipe: a pipe nobody drains would fill and block the server and its kernels.
+    log = cwd.parent / f'serve-{port}.log'
+    with log.open('w') as out:
+        server = subprocess.Popen([sys.executable, '-c', 'from fastwatch.cli import main; main()', *command], cwd=cwd,
+                                  env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                socket.create_connection(('127.0.0.1' if host == '0.0.0.0' else host, port), timeout=1).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    output = server.stdout.read().decode()[-2000:]
-                    raise RuntimeError(f'fastwatch serve did not start: {output}') from None
-                time.sleep(0.2)
-        printed = [server.stdout.readline().decode() for _ in range(2)]  # the store, then '  open URL'
-        yield printed[1].split('open ', 1)[1].strip()
+        while not (opened := re.search(r'open (\S+)', log.read_text())):
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f'fastwatch serve did not start: {log.read_text()[-2000:]}')
+            time.sleep(0.2)
+        wait_for(lambda: _accepts(host, port), timeout)
+        yield opened[1]
     finally:
         server.terminate()
         server.wait(20)
+
+
+def _accepts(host: str, port: int) -> bool:
+    try: socket.create_connection(('127.0.0.1' if host == '0.0.0.0' else host, port), timeout=1).close()
+    except OSError: return False
+    return True
 
 
 def with_query(url: str, **params: str) -> str:

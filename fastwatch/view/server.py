@@ -19,7 +19,7 @@ from bokeh.util.paths import bokehjs_path
 from jupyter_server.utils import url_path_join
 from tornado.ioloop import PeriodicCallback
 from tornado.web import HTTPError, StaticFileHandler
-from traitlets import Float
+from traitlets import Float, TraitError
 from voila.app import Voila
 from voila.shutdown_kernel_handler import VoilaShutdownKernelHandler
 
@@ -91,11 +91,20 @@ class DashboardServer(Voila):
         its network): idle, with no page connected, for `orphan_timeout` s. Preheated kernels are busy waiting
         for a page, and a page's kernel is busy until its page is rendered."""
         manager, now = self.kernel_manager, time.monotonic()
-        models = [manager.kernel_model(kernel_id) for kernel_id in manager.list_kernel_ids()]
-        self._alone_since = {m['id']: self._alone_since.get(m['id'], now) for m in models
+        self._alone_since = {m['id']: self._alone_since.get(m['id'], now) for m in _started_kernels(manager)
                              if not m['connections'] and m['execution_state'] == 'idle'}
         for kernel_id, since in list(self._alone_since.items()):
             if now - since > self.orphan_timeout: await manager.shutdown_kernel(kernel_id)
+
+
+def _started_kernels(manager) -> list[dict]:
+    "The models of the manager's kernels that have started: one still starting has no last activity to report."
+    models = []
+    for kernel_id in manager.list_kernel_ids():
+        try: models.append(manager.kernel_model(kernel_id))
+        except TraitError: continue
+    return models
+
 
 def voila_argv(port: int, host: str, token: str) -> list[str]:
     "Voila's command line for the dashboard: preheated kernels (the page is ready sooner), idle ones culled."
