@@ -26,6 +26,15 @@ def format_number(value) -> str:
     return str(value)
 
 
+def format_column(column: str, value) -> str:
+    "A value of a table of runs (`RunSummary.columns()`) as `fastwatch ls` and the dashboard's runs table show it."
+    if value is None: return ''
+    if column == 'started': return format_when(value)
+    if column == 'duration': return f'{value:.0f} s'
+    if isinstance(value, float): return format_number(value)
+    return str(value)
+
+
 def printable(text: str) -> str:
     "Text for a terminal: control characters (escape sequences among them) shown as `\\x1b`-style escapes."
     return ''.join(c if c in '\n\t' or unicodedata.category(c) != 'Cc' else repr(c)[1:-1] for c in text)

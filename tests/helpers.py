@@ -79,3 +79,22 @@ def send(handler, body: bytes, status: int = 200, **headers: str) -> None:
     for name, value in {'Content-Length': str(len(body)), **headers}.items(): handler.send_header(name, value)
     handler.end_headers()
     handler.wfile.write(body)
+
+
+def copy_run(source, run_id: str, target, new_id: str, name: str | None = None, tables=None, config=None,
+             metrics=None, created_at: float | None = None) -> None:
+    """Copy a recorded run from the `Store` `source` into the `Store` `target` as run `new_id`: its record (with
+    `name`, `config` and `created_at` if given) and its rows of `tables` (default: every recorded table), each epoch's
+    metrics through `metrics(dict) -> dict` if given. Many runs from one real training."""
+    import dataclasses
+
+    from fastwatch.store.tables import RUN_TABLES, epochs
+    record = source.run(run_id)
+    record = dataclasses.replace(record, id=new_id, name=name if name is not None else record.name,
+                                 config=config if config is not None else record.config,
+                                 created_at=created_at if created_at is not None else record.created_at)
+    rows = {entry.name: [row._replace(run_id=new_id) for row in source.rows(entry, run_id)]
+            for entry in RUN_TABLES.values() if not entry.derived and (tables is None or entry.name in tables)}
+    if metrics and epochs.name in rows:
+        rows[epochs.name] = [row._replace(metrics=metrics(row.metrics)) for row in rows[epochs.name]]
+    target.write({'runs': [record], **rows})

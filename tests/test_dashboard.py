@@ -73,18 +73,23 @@ def test_epoch_slider_and_toggle_step_through_the_confusion_matrices(view, train
     assert panel.gallery.value.count('<img') == len(store.top_losses(run_id, panel.epoch.min))
 
 
-def test_overlay_draws_several_runs_on_the_same_charts(trained, dls, tmp_path):
+def test_a_store_of_several_runs_opens_on_its_table_whose_rows_open_and_overlay_runs(trained, dls, tmp_path):
     path = tmp_path / 'two.db'
     train(dls, path, epochs=1, name='first')
     train(dls, path, epochs=1, name='second')
     view = Dashboard(open_store(path, readonly=True))
     newest, older = [run.id for run in view.store.runs()]
-    assert view.run_id == newest
-    view.run_list.overlay.value = (older,)
+    assert view.run_id is None and view.run_view.layout.display == 'none' and '2 runs' in view.header.widget.value
+    rows = [row for row in view.runs_table.rows if row.run_id]
+    assert [row.run_id for row in rows] == [newest, older]  # newest first
+    assert [row.open.description for row in rows] == ['second', 'first']
+    rows[0].open.click()
+    assert view.run_id == newest and view.run_view.layout.display is None and rows[0].tick.disabled
+    rows[1].tick.value = True
     assert {run for run, _ in view.chart_grid.charts['loss'].sources} == {newest, older}
     assert view.chart_grid.charts['loss'].points(older, 'smooth_loss') == view.store.counts(older)['batches']
     view.run_list.picker.value = older
-    assert view.run_list.overlay.value == () and list(view.feeds) == [older]
+    assert list(view.feeds) == [older] and view.runs_table.overlaid == () and not rows[1].tick.value
 
 
 def test_fit_spans_follow_fine_tunes_frozen_then_unfrozen_fits(trained):
@@ -144,7 +149,7 @@ def test_the_live_loop_keeps_watching_the_store_and_shows_runs_started_later(tra
     "The page of a finished run shows a run started after it opened, live, then finished; the loop goes on."
     path = tmp_path / 'later.db'
     copy_store(trained['path'], path)
-    view = Dashboard(open_store(path, readonly=True))
+    view = Dashboard(open_store(path, readonly=True), trained['run_id'])
     view.policy.runs_every = 0.5
     seen = set()
 
@@ -161,7 +166,8 @@ def test_the_live_loop_keeps_watching_the_store_and_shows_runs_started_later(tra
         assert not view.task.done()  # still watching the store
     asyncio.run(watch())
     assert 'live' in seen and view.run_id == trained['run_id']  # the shown run stays shown
-    assert len(view.run_list.overlay.options) == 2 and view.status.widget.value == ''
+    assert len(view.run_list.picker.options) == 2 and view.status.widget.value == ''
+    assert [row.open.description for row in view.runs_table.rows if row.run_id][0] == 'started later'
 
 
 def test_an_idle_page_costs_one_cheap_query_per_few_seconds(trained):
@@ -228,7 +234,7 @@ def test_page_problems_are_messages_listing_what_there_is(trained, monkeypatch, 
     monkeypatch.setenv('FASTWATCH_ROOT', str(tmp_path))
     copy_store(trained['path'], tmp_path / 'copy.db')
     assert type(dashboard(f"run={trained['run_id']}")).__name__ == 'VBox'
-    for query, expected in [('run=nope', trained['run_id']), ('colour=red', 'run= and store='),
+    for query, expected in [('run=nope', trained['run_id']), ('colour=red', 'store= and view='),
                             ('run=a&run=b', 'once'), ('store=missing.db', 'copy.db'),
                             ('store=../escape.db', 'inside the served folder'),
                             ('store=sqlite:///x.db', 'https URL'), ('store=http://x/a.db', 'https URL')]:

@@ -53,9 +53,10 @@ class RunSummary:
         return found
 
 
-def run_summaries(store) -> list[RunSummary]:
-    "A summary of every run of a `Store`, newest first."
-    runs = store.runs()
+def run_summaries(store, runs: list[RunRecord] | None = None) -> list[RunSummary]:
+    "A summary of every run of a `Store` (or of those of `runs`, its records), newest first."
+    runs = store.runs() if runs is None else runs
+    if not runs: return []
     found = {run.id: RunSummary(run) for run in runs}
     table = epochs.table
     query = select(table).where(table.c.run_id.in_(list(found))).order_by(table.c.run_id, table.c.epoch)
@@ -79,3 +80,15 @@ def run_summaries(store) -> list[RunSummary]:
         run = summary.run
         summary.duration = (now if run.state == 'live' else run.updated_at) - run.created_at
     return list(found.values())
+
+
+def _sortable(value):
+    "Numbers by value, anything else by its text."
+    return (0, value, '') if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0, str(value))
+
+
+def sort_rows(rows: list[dict], column: str, descending: bool = False) -> list[dict]:
+    "Rows of `RunSummary.columns()` sorted by one column, numbers by value; rows without it last, either way."
+    present = sorted((row for row in rows if row.get(column) is not None), key=lambda row: _sortable(row[column]),
+                     reverse=descending)
+    return present + [row for row in rows if row.get(column) is None]

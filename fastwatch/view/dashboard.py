@@ -20,7 +20,7 @@ from ..errors import FastwatchError
 from ..store import Store
 from .feed import MAX_POINTS, RunFeed, RunsFeed
 from .follow import FollowPolicy, Poll, follow
-from .html import message_html, style
+from .html import escape, message_html, style
 from .page import OWNER_ENV, open_view_store, parse_query, store_files
 from .panels.chart_grid import CHARTS, COMPACT_CHARTS, ChartGrid
 from .panels.data_panel import DataPanel, OwnerDecisions
@@ -28,6 +28,7 @@ from .panels.epoch_panel import EpochPanel
 from .panels.full_page import FullPage
 from .panels.header import AlertList, Header, StatusLine
 from .panels.run_list import RunList
+from .panels.runs_table import RunsTable
 from .panels.share import SharePanel
 from .reads import StoreReads
 
@@ -40,24 +41,29 @@ def load_bokehjs() -> None:
 
 
 # The panels of each layout, top to bottom: the page of `fastwatch serve` and Binder, and the compact view under a
-# notebook cell (`inline.py`: loss and metrics, then the latest epoch, and a way to the full page).
-PAGE = ('header', 'status', 'alerts', 'run_list', 'chart_grid', 'epoch_panel', 'data_panel', 'share')
+# notebook cell (`inline.py`: loss and metrics, then the latest epoch, and a way to the full page). Those after the
+# `STORE_PANELS` show the shown run: `?view=runs` hides them until a run is opened from the runs table.
+PAGE = ('header', 'status', 'runs_table', 'alerts', 'run_list', 'chart_grid', 'epoch_panel', 'data_panel', 'share')
 NOTEBOOK = ('header', 'status', 'alerts', 'chart_grid', 'epoch_panel', 'full_page')
+STORE_PANELS = ('header', 'status', 'runs_table')
 
 
 class Dashboard:
     """The dashboard of one store: the shown run's header and alerts, the run list, the charts of the shown run and
     the runs overlaid on it, its epochs' confusion matrices and top losses, its items (data map, suspects,
     decisions: `owner` may decide), and the Share control; `compact`: the notebook's layout (`NOTEBOOK`), one run's
-    loss and metrics and latest epoch, with a way to the full page."""
+    loss and metrics and latest epoch, with a way to the full page. `view='runs'`: the runs table alone, until a run
+    is opened from it (a page that names no run of a store of several opens so too)."""
 
     def __init__(self, store: Store, run_id: str | None = None, store_param: str | None = None,
-                 environ: Mapping[str, str] = os.environ, compact: bool = False, owner: bool = False):
+                 environ: Mapping[str, str] = os.environ, compact: bool = False, owner: bool = False,
+                 view: str | None = None):
         self.store = store
         self.status = StatusLine()
         self.reads = StoreReads(on_error=self.status.error)
         self.header, self.alerts = Header(), AlertList()
         self.run_list = RunList(on_show=self.show)
+        self.runs_table = RunsTable(on_open=self.show, on_overlay=lambda overlay: self.show(self.run_id, overlay))
         self.chart_grid = ChartGrid(COMPACT_CHARTS if compact else CHARTS)
         self.epoch_panel = EpochPanel(store, self.reads)
         self.data_panel = DataPanel(store, self.reads, OwnerDecisions() if owner else None)
@@ -65,10 +71,15 @@ class Dashboard:
         self.full_page = FullPage(store)
         self.layout = NOTEBOOK if compact else PAGE
         panels = [getattr(self, name) for name in self.layout]
+        self.run_view = widgets.VBox([getattr(self, name).widget for name in self.layout
+                                      if name not in STORE_PANELS])
         self.widget = widgets.VBox([widgets.HTML(style(*(panel.css for panel in panels))),
-                                    *(panel.widget for panel in panels)], layout=widgets.Layout(width='100%'))
+                                    *(getattr(self, name).widget for name in self.layout if name in STORE_PANELS),
+                                    self.run_view], layout=widgets.Layout(width='100%'))
         self.widget.add_class('fastwatch')
         self.run_id: str | None = None
+        self.overlay: tuple[str, ...] = ()
+        self._wanted: tuple[str, ...] = ()  # the runs of the latest `show`
         self.feeds: dict[str, RunFeed] = {}  # the shown run's first, then the runs overlaid on it
         self.task: asyncio.Task | None = None
         self.runs = self.reads.now(lambda: RunsFeed(store))
@@ -76,9 +87,21 @@ class Dashboard:
             self.reads.now(lambda: store.run(run_id))  # RunNotFound names the runs there are
         self.policy = FollowPolicy(self.runs)
         self.run_list.render(self.runs.runs, run_id)
+        if 'runs_table' in self.layout: self.runs_table.render(self.runs.summaries, run_id)
+        if view == 'runs' or (run_id is None and len(self.runs.runs) > 1 and 'runs_table' in self.layout):
+            self._runs_only()
+            return
         with self.reads.at_once():  # the page's first render has the whole view, as a page without a kernel would
             if self.run_list.picker.value: self.show(self.run_list.picker.value)
             else: self._waiting()
+
+    def _runs_only(self) -> None:
+        "Show the runs table alone, until a run is opened from it."
+        self.run_view.layout.display = 'none'
+        count = len(self.runs.runs)
+        self.header.widget.value = (f"<div class='fw-header'><span class='fw-name'>{count} run{'s' * (count != 1)}"
+                                    f"</span><span class='fw-muted'>{escape(self.store.location)}: open one, or tick "
+                                    'several to compare them</span></div>')
 
     def _waiting(self) -> None:
         self.header.widget.value = message_html(f'No runs yet in {self.store.location}: waiting for the first one '
@@ -86,16 +109,22 @@ class Dashboard:
 
     # --- what is shown ----------------------------------------------------------------------------------
     def show(self, run_id: str, overlay: tuple[str, ...] = ()) -> None:
-        "Show a run, with others overlaid on its charts."
+        "Show a run, with others overlaid on its charts; a later call supersedes one whose read has not started."
         ids = [run_id, *[i for i in overlay if i != run_id]]
+        self.runs_table.overlaid = tuple(ids[1:])
+        self._wanted = wanted = tuple(ids)
 
-        def read() -> tuple[dict[str, RunFeed], dict[str, dict]]:
+        def read() -> tuple[dict[str, RunFeed], dict[str, dict]] | None:
+            if self._wanted != wanted: return None
             feeds = {i: RunFeed(self.store, i) for i in ids}
             return feeds, {i: feed.snapshot() for i, feed in feeds.items()}
-        self.reads.then(read, lambda found: self._show(run_id, *found))
+        self.reads.then(read, lambda found: found and self._wanted == wanted and self._show(run_id, *found))
 
     def _show(self, run_id: str, feeds: dict[str, RunFeed], snapshots: dict[str, dict]) -> None:
-        self.run_id, self.feeds = run_id, feeds
+        self.run_id, self.overlay, self.feeds = run_id, tuple(feeds)[1:], feeds
+        self.run_list.render(self.runs.runs, run_id)
+        if 'runs_table' in self.layout: self.runs_table.render(self.runs.summaries, run_id)
+        self.run_view.layout.display = None
         main = feeds[run_id]
         self.chart_grid.show([(i, feed.run.name or i[:8]) for i, feed in feeds.items()], snapshots,
                              main.metric_names())
@@ -112,6 +141,7 @@ class Dashboard:
         if poll.runs_changed:
             self.run_list.render(self.runs.runs)
             if self.run_id is None and self.runs.runs: self.show(self.runs.runs[0].id)
+        if poll.summaries_changed and 'runs_table' in self.layout: self.runs_table.render(self.runs.summaries)
         for run_id, update in poll.updates.items():
             feed, shown = self.feeds[run_id], run_id == self.run_id
             if update.reload or self.chart_grid.points(run_id) > 2 * MAX_POINTS:  # downsample again, never grow
@@ -165,7 +195,7 @@ def dashboard(query: str | None = None, environ: Mapping[str, str] = os.environ)
         store = open_view_store(params.get('store'))
         # The owner's page: the store that `fastwatch serve` serves, not a snapshot, a download or a followed run.
         owner = 'store' not in params and environ.get(OWNER_ENV) == '1'
-        app = Dashboard(store, params.get('run'), params.get('store'), environ, owner=owner)
+        app = Dashboard(store, params.get('run'), params.get('store'), environ, owner=owner, view=params.get('view'))
     except Exception as e:  # the page says what went wrong, never with a traceback
         known = isinstance(e, FastwatchError)
         message = str(e) if known else f"the dashboard failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}"

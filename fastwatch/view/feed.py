@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..store import RunRecord, Store
+from ..store.runs_table import RunSummary, run_summaries
 from ..store.tables import AlertRow, BatchRow, EpochRow, SystemRow, system
 
 MAX_POINTS = 2000  # points per series sent to the browser; more are downsampled (min/max buckets)
@@ -120,20 +121,33 @@ class RunFeed:
 
 
 class RunsFeed:
-    """The store's runs, newest first, kept current: `poll()` reads them again when one cheap query says something
-    changed (a run added, a record updated), or while a run may still change (a live run's state also changes
-    when its heartbeat stops)."""
+    """The store's runs, newest first, each with its summary (`runs_table.RunSummary`), kept current: `poll()` reads
+    them again when one cheap query says something changed (a run added, a record updated), or while a run may still
+    change (a live run's state also changes when its heartbeat stops); it summarises again only the runs whose
+    record changed."""
 
     def __init__(self, store: Store):
         self.store = store
         self.version = store.runs_version()
-        self.runs: list[RunRecord] = store.runs()
+        self.summaries: list[RunSummary] = run_summaries(store)
 
-    def poll(self) -> bool:
-        "Read the runs again if they may have changed; True if they did (`runs` holds them)."
+    @property
+    def runs(self) -> list[RunRecord]: return [summary.run for summary in self.summaries]
+
+    def poll(self) -> tuple[bool, bool]:
+        """Read the runs again if they may have changed: (whether the list changed: a run added or gone, renamed,
+        in another state; whether any run's summary changed)."""
         version = self.store.runs_version()
-        if version == self.version and not any(run.state in FOLLOWED_STATES for run in self.runs): return False
+        if version == self.version and not any(run.state in FOLLOWED_STATES for run in self.runs): return False, False
         runs, self.version = self.store.runs(), version
-        changed = [(r.id, r.state, r.name) for r in runs] != [(r.id, r.state, r.name) for r in self.runs]
-        self.runs = runs
-        return changed
+        before = {summary.run.id: summary for summary in self.summaries}
+        changed = [run for run in runs if run.id not in before or _seen(run) != _seen(before[run.id].run)]
+        fresh = {summary.run.id: summary for summary in run_summaries(self.store, changed)}
+        listed = [(r.id, r.state, r.name) for r in runs] != [(r.id, r.state, r.name) for r in self.runs]
+        self.summaries = [fresh.get(run.id) or before[run.id] for run in runs]
+        return listed, bool(fresh) or listed
+
+
+def _seen(run: RunRecord) -> tuple:
+    "What of a run's record says that its summary may have changed."
+    return run.state, run.updated_at, run.name

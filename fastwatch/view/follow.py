@@ -21,8 +21,10 @@ RUNS_SECONDS = 3.0
 
 @dataclass
 class Poll:
-    "What one tick read: whether the run list changed (`RunsFeed.runs`), and what came of each shown run."
+    """What one tick read: whether the run list changed (`RunsFeed.runs`: added, renamed, in another state) and
+    whether any run's summary did (`RunsFeed.summaries`), and what came of each shown run."""
     runs_changed: bool = False
+    summaries_changed: bool = False
     updates: dict[str, RunUpdate] = field(default_factory=dict)
 
 
@@ -42,7 +44,7 @@ class FollowPolicy:
             if update.new: poll.updates[run_id] = update
         if time.monotonic() - self._runs_read_at >= self.runs_every:
             self._runs_read_at = time.monotonic()
-            poll.runs_changed = self.runs.poll()
+            poll.runs_changed, poll.summaries_changed = self.runs.poll()
         return poll
 
     def interval(self, feeds: dict[str, RunFeed]) -> float:

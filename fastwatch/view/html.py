@@ -55,6 +55,7 @@ def message_html(message: str, runs: list[RunRecord] | None = None, store: str |
     if stores:
         links = ''.join(f"<li><a href='?{escape(dashboard_query(None, s))}'>{escape(s)}</a></li>" for s in stores)
         parts.append(f'<p>Stores in the served folder:</p><ul>{links}</ul>')
-    parts.append("<p class='fw-muted'>The dashboard takes <code>?run=ID</code> and <code>?store=PATH</code> "
-                 '(a store file in the served folder, or an https URL of one).</p></div>')
+    parts.append("<p class='fw-muted'>The dashboard takes <code>?run=ID</code>, <code>?store=PATH</code> "
+                 '(a store file in the served folder, or an https URL of one) and <code>?view=runs</code> (the runs '
+                 'table alone).</p></div>')
     return ''.join(parts)

@@ -29,7 +29,7 @@ from ..store import Store, display_location, open_store
 from ..store.files import is_sqlite
 from ..store.records import RUN_ID
 
-PARAMETERS = ('run', 'store')
+PARAMETERS = ('run', 'store', 'view')
 VOILA_PARAMETERS = ('token', 'template', 'theme')  # Voila's own, not the dashboard's
 MAX_DOWNLOAD = 256 * 2**20
 MAX_QUERY = 4096
@@ -47,7 +47,7 @@ def parse_query(query: str | None) -> dict[str, str]:
     unknown = sorted(set(params) - set(PARAMETERS) - set(VOILA_PARAMETERS))
     if unknown:
         names = ', '.join(_short(name, 40) for name in unknown[:3]) + (' …' if len(unknown) > 3 else '')
-        raise QueryError(f'unknown parameter {names}: the dashboard takes run= and store=')
+        raise QueryError(f'unknown parameter {names}: the dashboard takes run=, store= and view=')
     found = {}
     for key in PARAMETERS:
         values = params.get(key, [])
@@ -56,6 +56,8 @@ def parse_query(query: str | None) -> dict[str, str]:
         if values: found[key] = values[0].strip()
     if 'run' in found and not RUN_ID.fullmatch(found['run']):
         raise QueryError(f"run= takes a run id (letters, digits, '-', '_'), not {_short(found['run'])}")
+    if found.get('view', 'runs') != 'runs':
+        raise QueryError(f"view= takes runs (the runs table alone), not {_short(found['view'])}")
     if 'store' in found and not found['store'].isprintable():
         raise QueryError(f"store= holds a control character: {_short(found['store'])}")
     return found

@@ -5,11 +5,11 @@ import math
 from json import dumps
 
 from ..errors import StoreError, UsageError
-from ..formats import format_number, format_when, printable
+from ..formats import format_column, format_number, format_when, printable
 from ..store import open_store
 from ..store.decisions import current, decision_text
 from ..store.dynamics import SPLITS, read_data_map
-from ..store.runs_table import run_summaries
+from ..store.runs_table import run_summaries, sort_rows
 from .feed import metric_order
 from .html import class_label
 
@@ -43,9 +43,7 @@ def ls(store: str = None,  # Store path or SQLAlchemy URL (default: $FASTWATCH_S
         key = sort.lstrip('-')
         if rows and not any(key in row for row in rows):
             raise UsageError(f'--sort takes a column of the runs ({", ".join(every[:12])}, …), not {key!r}')
-        present = sorted((row for row in rows if row.get(key) is not None), key=lambda row: _sortable(row[key]),
-                         reverse=sort.startswith('-'))
-        rows = present + [row for row in rows if row.get(key) is None]  # runs without it last, either way
+        rows = sort_rows(rows, key, descending=sort.startswith('-'))
     if json:
         print(dumps(_json_safe(rows), indent=1, default=str))
         return
@@ -59,24 +57,10 @@ def ls(store: str = None,  # Store path or SQLAlchemy URL (default: $FASTWATCH_S
     if columns and unknown:
         raise UsageError(f'no column {unknown[0]!r}: the runs have {", ".join(every[:20])}')
     shown = [c for c in shown if c not in unknown]
-    cells = [[_cell(c, row.get(c)) for c in shown] for row in rows]
+    cells = [[format_column(c, row.get(c)) for c in shown] for row in rows]
     widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(shown)]
     say('  '.join(c.ljust(w) for c, w in zip(shown, widths)).rstrip())
     for line in cells: say('  '.join(v.ljust(w) for v, w in zip(line, widths)).rstrip())
-
-
-def _sortable(value):
-    "Numbers by value, anything else by its text."
-    return (0, value, '') if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0, str(value))
-
-
-def _cell(column: str, value) -> str:
-    "A value as `ls` prints it."
-    if value is None: return ''
-    if column == 'started': return format_when(value)
-    if column == 'duration': return f'{value:.0f} s'
-    if isinstance(value, float): return format_number(value)
-    return str(value)
 
 
 def show(run: str,  # The run id

@@ -22,7 +22,8 @@ def test_parse_query():
 
 
 @pytest.mark.parametrize('query, message', [
-    ('colour=red', 'the dashboard takes run= and store='), ('run=a&run=b', 'given 2 times'), ('store=', 'is empty'),
+    ('colour=red', 'the dashboard takes run=, store= and view='), ('view=table', 'view= takes runs'),
+    ('run=a&run=b', 'given 2 times'), ('store=', 'is empty'),
     ('run=../x', 'takes a run id'), ('store=a%01b', 'control character'), ('run=' + 'a' * 5000, 'longer than'),
 ])
 def test_a_query_the_dashboard_cannot_follow_is_one_line_that_says_why(query, message):

@@ -1,5 +1,5 @@
-"""Which run the page shows, and which runs it overlays on its charts: `RunList`, kept current as runs start,
-change state and end."""
+"""Which run the page shows: `RunList`, a picker kept current as runs start, change state and end (the runs table,
+`runs_table.py`, picks the runs overlaid on it)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -20,19 +20,15 @@ def control_layout() -> widgets.Layout:
 
 
 class RunList:
-    """A picker of the run to show and a list of runs to overlay on it. A run picked alone starts with no overlay.
-    `on_show(run_id, overlay)` is called when the person viewing changes either."""
+    "A picker of the run to show: `on_show(run_id)` is called when the person viewing picks another."
     css = ''
 
-    def __init__(self, on_show: Callable[[str, tuple[str, ...]], None]):
+    def __init__(self, on_show: Callable[[str], None]):
         self.on_show = on_show
-        label = {'description_width': '60px'}
-        self.picker = widgets.Dropdown(description='Run', layout=control_layout(), style=label)
-        self.overlay = widgets.SelectMultiple(description='Overlay', rows=3, layout=control_layout(), style=label)
-        self.widget = widgets.Box([self.picker, self.overlay], layout=GRID)
+        self.picker = widgets.Dropdown(description='Run', layout=control_layout(), style={'description_width': '60px'})
+        self.widget = widgets.Box([self.picker], layout=GRID)
         self._quiet = False
         self.picker.observe(self._picked, 'value')
-        self.overlay.observe(self._overlaid, 'value')
 
     @contextmanager
     def _changing(self):
@@ -42,21 +38,13 @@ class RunList:
         finally: self._quiet = False
 
     def render(self, runs: list[RunRecord], shown: str | None = None) -> None:
-        "List `runs` (their labels say their states now), keeping what is picked and overlaid; or pick `shown`."
+        "List `runs` (their labels say their states now), keeping what is picked; or pick `shown`."
         options = [(run_label(r), r.id) for r in runs]
         ids = {r.id for r in runs}
         with self._changing():
             picked = shown if shown is not None else self.picker.value
-            overlaid = tuple(i for i in self.overlay.value if i in ids)
-            self.picker.options, self.overlay.options = options, options
+            if options != list(self.picker.options): self.picker.options = options
             self.picker.value = picked if picked in ids else (runs[0].id if runs else None)
-            self.overlay.value = overlaid
 
     def _picked(self, change) -> None:
-        if self._quiet or not change['new']: return
-        with self._changing(): self.overlay.value = ()
-        self.on_show(change['new'], ())
-
-    def _overlaid(self, change) -> None:
-        if self._quiet or not self.picker.value: return
-        self.on_show(self.picker.value, tuple(change['new']))
+        if not self._quiet and change['new']: self.on_show(change['new'])
