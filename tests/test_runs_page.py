@@ -102,7 +102,7 @@ def test_25_runs_overlaid_each_have_their_own_colour_and_legend_entry(site, page
     page.goto(with_query(site['url'], store='overlay.db', run=f'overlay{OVERLAID - 1:02d}'))
     page.wait_for_selector('canvas', timeout=60_000)
     for shown in ('1–20', '21–25'):  # 20 rows a page
-        wait_for(lambda: f'{shown} of {OVERLAID} runs' in count_text(page), timeout=30)
+        wait_for(lambda shown=shown: f'{shown} of {OVERLAID} runs' in count_text(page), timeout=30)
         boxes = page.locator('.fw-rt-row input[type=checkbox]:not([disabled])')
         for i in range(boxes.count()):
             if boxes.nth(i).is_visible(): boxes.nth(i).check()
