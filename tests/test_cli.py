@@ -38,6 +38,9 @@ def test_show_prints_epochs_final_metrics_and_counts(trained):
     assert f"recorded: {counts['batches']} batches, 3 epochs, 3 confusion, 48 top_losses" in out.stdout
     shown = json.loads(fastwatch('show', run_id, '--store', str(trained['path']), '--json').stdout)
     assert shown['counts'] == counts and [e['epoch'] for e in shown['epochs']] == [0, 1, 2]
+    n_train = len(trained['learn'].dls.train_ds)  # each epoch's throughput: its training items over its seconds
+    assert 'items/s' in out.stdout.split('final:')[0]
+    assert [e['items_per_second'] for e in shown['epochs']] == [n_train / e.duration for e in store.epochs(run_id)]
 
 
 def test_fastwatch_store_variable_names_the_default_store(trained, monkeypatch):

@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
-from helpers import train
+from helpers import copy_run, train
 from nbclient import NotebookClient
 
 from fastwatch import RunNotFound, StoreError, open_store
@@ -90,6 +90,34 @@ def test_a_store_of_several_runs_opens_on_its_table_whose_rows_open_and_overlay_
     assert view.chart_grid.charts['loss'].points(older, 'smooth_loss') == view.store.counts(older)['batches']
     view.run_list.picker.value = older
     assert list(view.feeds) == [older] and view.runs_table.overlaid == () and not rows[1].tick.value
+
+
+def test_charts_over_steps_go_over_epochs_or_seconds_and_runs_of_other_lengths_line_up_by_epoch(trained, dls,
+                                                                                                  tmp_path):
+    store, run_id = trained['store'], trained['run_id']
+    view = Dashboard(store, run_id)
+    loss = lambda: view.chart_grid.charts['loss']  # noqa: E731 (made again on each axis)
+    batches, epochs, run = store.batches(run_id), store.epochs(run_id), store.run(run_id)
+    view.run_list.axis.value = 'epoch'
+    xs = loss().sources[run_id, 'loss'].data['x']
+    assert view.chart_grid.charts['lr'].fig.xaxis[0].axis_label == 'epoch' and len(xs) == len(batches['step'])
+    assert loss().sources[run_id, 'valid_loss'].data['x'] == [e.epoch + 1 for e in epochs]  # each epoch's end
+    first = epochs[0].step + 1  # the first batch of the second epoch: 1/n of the way through it
+    assert xs[first] == pytest.approx(1 + 1 / (epochs[1].step - epochs[0].step))
+    assert all(b > a for a, b in zip(xs, xs[1:])) and xs[-1] == len(epochs)
+    view.run_list.axis.value = 'time'
+    xs = np.array(loss().sources[run_id, 'loss'].data['x'])
+    seconds = np.array(batches['time']) - run.created_at
+    ends = [e.step for e in epochs]
+    assert np.allclose(xs[ends], seconds[ends]) and np.allclose(xs[first], seconds[first])  # knots: exact
+    assert np.abs(xs - seconds).max() < max(e.duration for e in epochs) / 4  # between: interpolated
+    shorter = train(dls, tmp_path / 'two.db', epochs=1).watch.run_id  # fine_tune(1): 2 epochs, not 3
+    copy_run(store, run_id, open_store(tmp_path / 'two.db'), 'longer')
+    both = Dashboard(open_store(tmp_path / 'two.db', readonly=True), shorter)
+    both.run_list.axis.value = 'epoch'
+    both.show(shorter, ('longer',))
+    sources = both.chart_grid.charts['loss'].sources
+    assert [sources[i, 'loss'].data['x'][-1] for i in (shorter, 'longer')] == [2.0, 3.0]
 
 
 def test_fit_spans_follow_fine_tunes_frozen_then_unfrozen_fits(trained):

@@ -47,6 +47,10 @@ class RunInfo:
     fits: list[FitInfo] = field(default_factory=list)
     planned_epochs: int | None = None
 
+    def items_per_second(self, duration: float) -> float | None:
+        "An epoch's throughput: training items per second of the epoch (its validation included), if known."
+        return self.n_train / duration if self.n_train and duration > 0 else None
+
     @classmethod
     def from_dict(cls, values: dict | None) -> RunInfo:
         "The info a store holds (keys it does not know are left out: a newer fastwatch may add some)."

@@ -196,6 +196,11 @@ class Store:
         found = self.all_rows(select(t).where(t.c.run_id == run_id).order_by(t.c.step.desc()).limit(1))
         return batches.decode(found[0]) if found else None
 
+    def batch_times(self, run_id: str, steps) -> dict[int, float]:
+        "The time of the run's batch rows at `steps` (those it has), by step."
+        t = batches.table
+        return dict(self.all_rows(select(t.c.step, t.c.time).where(t.c.run_id == run_id, t.c.step.in_(list(steps)))))
+
     def batches_downsampled(self, run_id: str, n: int = 2000) -> dict:
         """At most about `n` points for each of loss, smooth_loss, lr and mom, keeping each range's min and max
         and the last point: `{'cursor': last step, 'series': {name: {'step': [...], 'value': [...]}}}`.

@@ -127,17 +127,17 @@ class SeriesChart:
 class LossChart(SeriesChart):
     "Loss per batch (raw, faint; smoothed) with valid loss per epoch, over fine_tune's frozen and unfrozen fits."
 
-    def __init__(self, runs: list[tuple[str, str]]):
-        super().__init__('Loss', 'step', 'loss', [Layer('loss', 'loss', 'faint'), Layer('smooth_loss', 'smoothed'),
+    def __init__(self, runs: list[tuple[str, str]], x_label: str = 'step'):
+        super().__init__('Loss', x_label, 'loss', [Layer('loss', 'loss', 'faint'), Layer('smooth_loss', 'smoothed'),
                                                   Layer('valid_loss', 'valid loss', 'points')], runs)
         self.phases = ColumnDataSource({'x0': [], 'x1': [], 'color': [], 'phase': []})
         strips = self.fig.vstrip('x0', 'x1', source=self.phases, fill_color='color', fill_alpha=0.25, line_color=None,
                                  level='underlay')
         self.fig.add_tools(_hover(strips, [('phase', '@phase')]))
 
-    def shade(self, spans: list[dict]) -> None:
-        "Shade each fit's steps: frozen body or unfrozen (`live.fit_spans`)."
-        data = {'x0': [s['start'] - 0.5 for s in spans], 'x1': [s['end'] + 0.5 for s in spans],
+    def shade(self, spans: list[dict], pad: float = 0.5) -> None:
+        "Shade each fit from its start to its end (`feed.fit_spans`), `pad` more either side: frozen body or unfrozen."
+        data = {'x0': [s['start'] - pad for s in spans], 'x1': [s['end'] + pad for s in spans],
                 'color': [PHASE_COLORS[s['frozen']] for s in spans],
                 'phase': [f"fit {s['fit'] + 1}: {'frozen body' if s['frozen'] else 'unfrozen'}" for s in spans]}
         if data != self.phases.data: self.phases.data = data

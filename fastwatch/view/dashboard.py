@@ -62,7 +62,7 @@ class Dashboard:
         self.status = StatusLine()
         self.reads = StoreReads(on_error=self.status.error)
         self.header, self.alerts = Header(), AlertList()
-        self.run_list = RunList(on_show=self.show)
+        self.run_list = RunList(on_show=self.show, on_axis=self.set_axis)
         self.runs_table = RunsTable(on_open=self.show, on_overlay=lambda overlay: self.show(self.run_id, overlay))
         self.chart_grid = ChartGrid(COMPACT_CHARTS if compact else CHARTS)
         self.epoch_panel = EpochPanel(store, self.reads)
@@ -119,6 +119,11 @@ class Dashboard:
             feeds = {i: RunFeed(self.store, i) for i in ids}
             return feeds, {i: feed.snapshot() for i, feed in feeds.items()}
         self.reads.then(read, lambda found: found and self._wanted == wanted and self._show(run_id, *found))
+
+    def set_axis(self, axis: str) -> None:
+        "Draw the charts over steps over another x axis: step, epoch or time (`timeline.X_AXES`)."
+        self.chart_grid.axis = axis
+        if self.run_id is not None: self.show(self.run_id, self.overlay)
 
     def _show(self, run_id: str, feeds: dict[str, RunFeed], snapshots: dict[str, dict]) -> None:
         self.run_id, self.overlay, self.feeds = run_id, tuple(feeds)[1:], feeds

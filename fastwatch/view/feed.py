@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from ..store import RunRecord, Store
 from ..store.runs_table import RunSummary, run_summaries
 from ..store.tables import AlertRow, BatchRow, EpochRow, SystemRow, system
+from .timeline import Timeline, epoch_bounds, timeline
 
 MAX_POINTS = 2000  # points per series sent to the browser; more are downsampled (min/max buckets)
 FOLLOWED_STATES = ('live', 'stale')  # states in which a run may still change
@@ -45,9 +46,10 @@ def metric_order(names: list[str], epochs: list[EpochRow]) -> list[str]:
 
 @dataclass
 class RunUpdate:
-    """What came of a run since the last read: its record, new batch rows (as columns), new epochs and alerts.
-    `reload`: so many batch rows came that the charts should take a fresh snapshot instead."""
+    """What came of a run since the last read: its record, new batch rows (as columns), new epochs and alerts, and
+    its timeline now. `reload`: so many batch rows came that the charts should take a fresh snapshot instead."""
     run: RunRecord
+    timeline: Timeline = Timeline()
     batches: dict[str, list] = field(default_factory=dict)
     epochs: list[EpochRow] = field(default_factory=list)
     alerts: list[AlertRow] = field(default_factory=list)
@@ -73,6 +75,7 @@ class RunFeed:
         self.alerts: list[AlertRow] = []
         self.system: list[SystemRow] = []
         self.last: BatchRow | None = None  # the latest batch row
+        self.times: dict[int, float] = {}  # the time of each finished epoch's first and last batch
         self.run: RunRecord = store.run(run_id)
 
     @property
@@ -81,7 +84,8 @@ class RunFeed:
         return self.run.state in FOLLOWED_STATES
 
     def snapshot(self) -> dict:
-        "`{'series': {name: {'x', 'y'}}, 'epochs', 'spans'}` with each series at most about `max_points` long."
+        """`{'series': {name: {'x', 'y'}}, 'epochs', 'spans', 'timeline'}` with each series at most about
+        `max_points` long."""
         self.run = self.store.run(self.run_id)
         down = self.store.batches_downsampled(self.run_id, n=self.max_points)
         self.cursor = down['cursor']
@@ -89,11 +93,21 @@ class RunFeed:
         self.alerts = self.store.alerts(self.run_id)
         self.system = self.store.rows(system, self.run_id)
         self.last = self.store.last_batch(self.run_id)
+        self.times = self._times(self.epochs)
         series = {name: {'x': points['step'], 'y': points['value']} for name, points in down['series'].items()}
         series.update(system_series(self.system))
-        return {'series': series, 'epochs': self.epochs, 'spans': self.spans()}
+        return {'series': series, 'epochs': self.epochs, 'spans': self.spans(), 'timeline': self.timeline()}
 
     def spans(self) -> list[dict]: return fit_spans(self.epochs, self.last)
+
+    def timeline(self) -> Timeline: return timeline(self.run, self.epochs, self.times, self.last)
+
+    def _times(self, epochs: list[EpochRow]) -> dict[int, float]:
+        "The times of the first and last batch of each of `epochs` (the run's, or the next ones)."
+        if not epochs: return {}
+        before = [e for e in self.epochs if e.epoch < epochs[0].epoch]
+        bounds = epoch_bounds([*before[-1:], *epochs])[len(before[-1:]):]
+        return self.store.batch_times(self.run_id, {step for bound in bounds for step in bound})
 
     def metric_names(self) -> list[str]:
         "The run's metrics: those it logged, in the Recorder's order (`metric_order`)."
@@ -114,9 +128,11 @@ class RunFeed:
         update.epochs = self.store.epochs(self.run_id, since=self.epochs[-1].epoch if self.epochs else None)
         update.alerts = self.store.alerts(self.run_id, since=self.alerts[-1].seq if self.alerts else None)
         update.system = self.store.rows(system, self.run_id, since=self.system[-1].seq if self.system else None)
+        self.times.update(self._times(update.epochs))
         self.epochs += update.epochs
         self.alerts += update.alerts
         self.system += update.system
+        update.timeline = self.timeline()
         return update
 
 

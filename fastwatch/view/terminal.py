@@ -71,7 +71,9 @@ def show(run: str,  # The run id
     record = db.run(run)
     epochs, counts = db.epochs(run), db.counts(run)
     if json:
-        shown = {'run': record.as_dict(), 'epochs': [epoch._asdict() for epoch in epochs], 'counts': counts}
+        shown = {'run': record.as_dict(), 'counts': counts,
+                 'epochs': [{**epoch._asdict(), 'items_per_second': record.info.items_per_second(epoch.duration)}
+                            for epoch in epochs]}
         print(dumps(_json_safe(shown), indent=1, default=str))
         return
     info = record.info
@@ -81,14 +83,14 @@ def show(run: str,  # The run id
     say(f'model {info.model} ({info.n_params} parameters), loss {info.loss_func}, '
         f'{info.n_train} train / {info.n_valid} valid items')
     metric_names = metric_order(info.metric_names, epochs)
-    columns = ['epoch', 'fit', 'frozen', 'train_loss', 'valid_loss', *metric_names, 'duration']
+    columns = ['epoch', 'fit', 'frozen', 'train_loss', 'valid_loss', *metric_names, 'duration', 'items/s']
     rows = [[e.epoch, e.fit, e.frozen, e.train_loss, e.valid_loss, *[e.metrics.get(m) for m in metric_names],
-             e.duration] for e in epochs]
+             e.duration, info.items_per_second(e.duration)] for e in epochs]
     if rows:
         print()
         say('  '.join(f'{c:>10}' for c in columns))
         for row in rows: print('  '.join(f'{format_number(v):>10}' for v in row))
-        say('\nfinal: ' + ', '.join(f'{c} {format_number(v)}' for c, v in zip(columns[3:-1], rows[-1][3:-1])))
+        say('\nfinal: ' + ', '.join(f'{c} {format_number(v)}' for c, v in zip(columns[3:-2], rows[-1][3:-2])))
     print('\nrecorded: ' + ', '.join(f'{n} {table}' for table, n in counts.items())
           + (f', {record.lost_rows} batch rows lost' if record.lost_rows else ''))
 

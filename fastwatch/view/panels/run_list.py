@@ -1,5 +1,5 @@
-"""Which run the page shows: `RunList`, a picker kept current as runs start, change state and end (the runs table,
-`runs_table.py`, picks the runs overlaid on it)."""
+"""Which run the page shows and over which x axis: `RunList`, a picker kept current as runs start, change state and
+end (the runs table, `runs_table.py`, picks the runs overlaid on it), and the x axis of the charts over steps."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -9,6 +9,7 @@ import ipywidgets as widgets
 
 from ...store import RunRecord
 from ..html import run_label
+from ..timeline import X_AXES
 
 GRID = widgets.Layout(display='grid', grid_template_columns='repeat(auto-fill, minmax(min(100%, 440px), 1fr))',
                       grid_gap='10px', width='100%')
@@ -20,15 +21,20 @@ def control_layout() -> widgets.Layout:
 
 
 class RunList:
-    "A picker of the run to show: `on_show(run_id)` is called when the person viewing picks another."
+    """A picker of the run to show and of the charts' x axis: `on_show(run_id)` is called when the person viewing
+    picks another run, `on_axis(axis)` another axis (a key of `X_AXES`)."""
     css = ''
 
-    def __init__(self, on_show: Callable[[str], None]):
+    def __init__(self, on_show: Callable[[str], None], on_axis: Callable[[str], None]):
         self.on_show = on_show
-        self.picker = widgets.Dropdown(description='Run', layout=control_layout(), style={'description_width': '60px'})
-        self.widget = widgets.Box([self.picker], layout=GRID)
+        label = {'description_width': '60px'}
+        self.picker = widgets.Dropdown(description='Run', layout=control_layout(), style=label)
+        self.axis = widgets.Dropdown(description='x axis', options=[(name, axis) for axis, name in X_AXES.items()],
+                                     layout=control_layout(), style=label)
+        self.widget = widgets.Box([self.picker, self.axis], layout=GRID)
         self._quiet = False
         self.picker.observe(self._picked, 'value')
+        self.axis.observe(lambda change: on_axis(change['new']), 'value')
 
     @contextmanager
     def _changing(self):
