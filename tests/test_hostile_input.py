@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from fastwatch.errors import FastwatchError, FetchError, QueryError, StoreError
 from fastwatch.remote.fetch import fetch
 from fastwatch.store import open_store
+from fastwatch.store.runs_table import run_summaries
 from fastwatch.store.schema import SCHEMA_VERSION
 from fastwatch.store.tables import BatchRow
 from fastwatch.view.dashboard import dashboard
@@ -393,6 +394,7 @@ def test_fuzz_the_store_reader_on_mutated_snapshots(tmp_path, edits, cut):
             store.run(run.id)
             store.batches(run.id)
             store.epochs(run.id)
+        for summary in run_summaries(store): summary.columns()  # the runs table
         store.close()
     except StoreError as e: assert one_line(str(e)), str(e)
     assert path.read_bytes() == before

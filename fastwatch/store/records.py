@@ -7,6 +7,8 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from .tables import parse_json
+
 RUNNING = 'running'
 ENDED = ('finished', 'failed', 'interrupted')  # the statuses a run ends with
 # A run's `state`, as people see it: its status, but `live` while it runs, `interrupted` once a running run's
@@ -92,8 +94,9 @@ class RunRecord:
         "A `runs` row as read, with its state at time `now`."
         values = dict(row._mapping)
         for key in JSON_FIELDS:
-            values[key] = None if values[key] is None else json.loads(values[key])
+            values[key] = None if values[key] is None else parse_json(values[key], f"the {key} of run {values['id']!r}")
         values['info'] = RunInfo.from_dict(values['info'])
+        if not isinstance(values['config'], dict): values['config'] = {}  # as a damaged store may hold
         record = cls(**values)
         stale = record.status == RUNNING and now - record.heartbeat > STALE_AFTER
         record.state = 'interrupted' if stale else 'live' if record.status == RUNNING else record.status

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Boolean, Column, Float, Integer, LargeBinary, MetaData, String, Table, Text
 
+from ..errors import StoreError
+
 metadata = MetaData()
 
 # Rows of one table a writer keeps in memory while the store fails, unless the table says otherwise.
@@ -86,8 +88,14 @@ class RunTable:
         "A database row (its columns in order) as this table's `Row`, JSON columns parsed."
         row = self.Row(*row)
         if not self.json_columns: return row
-        return row._replace(**{name: json.loads(getattr(row, name)) for name in self.json_columns
-                               if getattr(row, name) is not None})
+        return row._replace(**{name: parse_json(getattr(row, name), f'{self.name}.{name} of run {row.run_id!r}')
+                               for name in self.json_columns if getattr(row, name) is not None})
+
+
+def parse_json(text: str, what: str):
+    "A JSON column's value; `StoreError` naming `what` when the text is not JSON (a damaged store)."
+    try: return json.loads(text)
+    except (TypeError, ValueError): raise StoreError(f"{what} is not valid JSON: the store is damaged") from None
 
 
 RUN_TABLES: dict[str, RunTable] = {}
