@@ -6,7 +6,8 @@ import json
 import threading
 
 import psutil
-from helpers import cli, train
+from fastai.callback.core import Callback
+from helpers import cli, train, wait_for
 
 from fastwatch import open_store
 from fastwatch.record.system import SystemSampler
@@ -20,7 +21,15 @@ def test_the_process_is_sampled_off_the_training_thread_and_charted(dls, tmp_pat
         threads.append(threading.current_thread())
         return sample(self)
     monkeypatch.setattr(SystemSampler, 'sample', sample_and_note_the_thread)
-    learn = train(dls, tmp_path / 'system.db', epochs=1, system_every=0.2)
+
+    class SampledTwice(Callback):
+        "Each epoch ends once the sampler has sampled it at least twice, however fast this machine trains."
+        ended = 0
+
+        def after_epoch(self):
+            SampledTwice.ended += 1
+            wait_for(lambda: len(threads) >= 2 * SampledTwice.ended)
+    learn = train(dls, tmp_path / 'system.db', epochs=1, extra_cbs=[SampledTwice()], system_every=0.2)
     store, run_id = open_store(tmp_path / 'system.db', readonly=True), learn.watch.run_id
     rows = store.rows('system', run_id)
     assert len(rows) >= 3 and [row.seq for row in rows] == list(range(len(rows)))
