@@ -50,6 +50,35 @@ class ItemsRead:
     def label(self, c: int) -> str: return class_label(self.vocab, c)
 
 
+class SuspectCard:
+    """One suspect's card: its thumbnail and values, and for the owner keep / delete / relabel. A page's cards are
+    made once and shown again with other items: a new epoch changes their text, not their widgets."""
+
+    def __init__(self, decide: Callable[..., None] | None):
+        self.index = -1
+        self.html = widgets.HTML()
+        self.widget = self.html
+        self.relabel: widgets.Dropdown | None = None
+        if decide is None: return
+        keep, delete = (widgets.Button(description=action, layout=widgets.Layout(width='70px'))
+                        for action in ACTIONS[:2])
+        self.relabel = widgets.Dropdown(options=[('relabel as…', None)], layout=widgets.Layout(width='144px'))
+        keep.on_click(lambda _: decide(self.index, 'keep'))
+        delete.on_click(lambda _: decide(self.index, 'delete'))
+        self.relabel.observe(lambda change: change.new is not None and decide(self.index, 'relabel', change.new),
+                             'value')
+        self.widget = widgets.VBox([self.html, widgets.HBox([keep, delete]), self.relabel],
+                                   layout=widgets.Layout(width='160px'))
+
+    def render(self, index: int, html: str, vocab: list[str]) -> None:
+        "Show item `index` of the split: its card's `html`, and the classes it may be relabelled as."
+        self.index, self.html.value = index, html
+        if self.relabel is None: return
+        options = [('relabel as…', None), *[(v, v) for v in vocab]]
+        if list(self.relabel.options) != options: self.relabel.options = options
+        self.relabel.value = None
+
+
 class DataPanel:
     "A split's data map and suspects, the picked item's history, and the decisions (`decide`: None on read-only pages)."
     css = """
@@ -69,6 +98,7 @@ class DataPanel:
         self.detail, self.note, self.page_label = widgets.HTML(), widgets.HTML(), widgets.HTML()
         self.previous, self.next = widgets.Button(description='‹ previous'), widgets.Button(description='next ›')
         self.cards = widgets.Box(layout=widgets.Layout(display='flex', flex_flow='row wrap', width='100%'))
+        self.suspect_cards = [SuspectCard(self.decide_item if decide else None) for _ in range(PAGE_SIZE)]
         self.decisions = widgets.VBox()
         for widget, name in (self.cards, 'fw-cards-page'), (self.detail, 'fw-detail'), (self.decisions, 'fw-decisions'):
             widget.add_class(name)
@@ -134,9 +164,11 @@ class DataPanel:
         self.page = min(self.page, pages - 1)
         self.page_label.value = f'&nbsp;page {self.page + 1} of {pages}&nbsp;'
         self.previous.disabled, self.next.disabled = self.page == 0, self.page >= pages - 1
-        for card in self.cards.children: card.close()
         at = self.page * PAGE_SIZE
-        self.cards.children = [self._card(rank, int(i)) for rank, i in enumerate(ranked[at:at + PAGE_SIZE], at + 1)]
+        shown = [(rank, int(i)) for rank, i in enumerate(ranked[at:at + PAGE_SIZE], at + 1)]
+        for card, (rank, index) in zip(self.suspect_cards, shown):
+            card.render(index, self._item_html(index, rank), read.vocab)
+        self.cards.children = [card.widget for card in self.suspect_cards[:len(shown)]]
 
     def _item_html(self, index: int, rank: int | None = None) -> str:
         read, found = self.read, self.read.found
@@ -149,19 +181,6 @@ class DataPanel:
                 f"score {value_text(float(found.score[index]), '.2f')} · "
                 f"right {value_text(float(found.correctness[index]), '.0%')}"
                 + decision_html(read.decided.get((read.split, name))) + '</div>')
-
-    def _card(self, rank: int, index: int) -> widgets.Widget:
-        html = widgets.HTML(self._item_html(index, rank))
-        if self.decide is None: return html
-        keep, delete = (widgets.Button(description=action, layout=widgets.Layout(width='70px'))
-                        for action in ACTIONS[:2])
-        relabel = widgets.Dropdown(options=[('relabel as…', None), *[(v, v) for v in self.read.vocab]],
-                                   layout=widgets.Layout(width='144px'))
-        keep.on_click(lambda _: self.decide_item(index, 'keep'))
-        delete.on_click(lambda _: self.decide_item(index, 'delete'))
-        relabel.observe(lambda change: change.new is not None and self.decide_item(index, 'relabel', change.new),
-                        'value')
-        return widgets.VBox([html, widgets.HBox([keep, delete]), relabel], layout=widgets.Layout(width='160px'))
 
     def pick(self, index: int) -> None:
         "Show an item picked on the map: its thumbnail, label and prediction, and its values every epoch."

@@ -1,0 +1,83 @@
+"""Many viewers of one run while it trains: one `fastwatch serve` on this machine, N pages opened at the same moment
+in one chromium (N = 1, 3, 10), a fine_tune of the digits CNN recording meanwhile.
+
+For each N: seconds from opening to the page's first chart drawn with data (p50, p95, the slowest), the pages that
+drew none within the limit, each viewer's kernel (peak RSS), and the kernels the server held.
+
+    python benchmarks/bench_viewers.py [--viewers 1 3 10] [--limit 300]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from playwright.sync_api import sync_playwright
+
+sys.path.insert(0, str(Path(__file__).parents[1] / 'tests'))
+from browser import POINTS_JS, kernels, launch, served, train_in_background  # noqa: E402
+from helpers import wait_for  # noqa: E402
+
+from fastwatch import open_store  # noqa: E402
+from fastwatch.demo.digits import digits_folder  # noqa: E402
+from fastwatch.view.server import PREHEATED_KERNELS  # noqa: E402
+
+
+def open_at_once(browser, url: str, n: int, limit: float) -> tuple[list[float], list[float]]:
+    "Open `n` pages at once; seconds until each drew a chart with data (inf: none within `limit`), kernel MB each."
+    contexts = [browser.new_context() for _ in range(n)]
+    pages = [context.new_page() for context in contexts]
+    started = time.perf_counter()
+    for page in pages: page.goto(url, wait_until='commit')
+    drawn: dict[int, float] = {}
+    while len(drawn) < n and time.perf_counter() - started < limit:
+        for i, page in enumerate(pages):
+            if i in drawn: continue
+            try: points = page.evaluate(POINTS_JS, 'loss')
+            except Exception: points = -1  # the page is still navigating
+            if points > 0: drawn[i] = time.perf_counter() - started
+        time.sleep(0.2)
+    memory = list(kernels(url).values())
+    for page, context in zip(pages, contexts):
+        page.close(run_before_unload=True)
+        context.close()
+    return [drawn.get(i, float('inf')) for i in range(n)], memory
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--viewers', type=int, nargs='+', default=[1, 3, 10])
+    parser.add_argument('--limit', type=float, default=300, help='seconds a page may take to draw')
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as playwright:
+        folder = Path(tmp)
+        digits, store = digits_folder(folder / 'digits'), folder / 'team.db'
+        open_store(store).close()
+        browser = launch(playwright)
+        with served(store, folder) as url:
+            trainer = train_in_background(digits, store, epochs=200, name='watched')
+            try:
+                wait_for(lambda: open_store(store, readonly=True).runs(), timeout=120)
+                for n in args.viewers:
+                    wait_for(lambda: len(kernels(url)) <= PREHEATED_KERNELS, timeout=120)  # the last ones closed
+                    time.sleep(10)  # the spares ready, as before visitors come
+                    times, memory = open_at_once(browser, url, n, args.limit)
+                    drawn = [t for t in times if np.isfinite(t)] or [float('nan')]
+                    print(f'{n:>2} pages at once: first chart p50 {np.percentile(drawn, 50):.1f} s, '
+                          f'p95 {np.percentile(drawn, 95):.1f} s, slowest {max(drawn):.1f} s; '
+                          f'{sum(not np.isfinite(t) for t in times)} drew none within {args.limit:.0f} s; '
+                          f'{len(memory)} kernels, '
+                          f'{np.median(memory):.0f} MB each (median; max {max(memory):.0f} MB); '
+                          f'load average {os.getloadavg()[0]:.1f}', flush=True)
+                assert trainer.poll() is None, 'the training ended before the last measurement'
+            finally:
+                trainer.kill()
+        browser.close()
+
+
+if __name__ == '__main__':
+    main()
