@@ -41,6 +41,9 @@ PREHEATED_KERNELS = 2  # kernels that have run the notebook up to the page's que
 REFILL_DELAY_SECONDS = 3
 STARTING_AT_ONCE = 2  # kernels that start at the same time; the pages of the others wait their turn
 KERNEL_ANSWER_SECONDS = 120  # the most a kernel that started may take to answer before the next one's turn
+# How long Voila waits for a cell's output once the cell has run (nbclient's default is 4 s). Past it the output is
+# dropped and the page never draws: on a machine busy with a training and many pages, waiting longer is the fix.
+OUTPUT_WAIT_SECONDS = 120
 
 
 class TabCloseHandler(VoilaShutdownKernelHandler):
@@ -139,7 +142,8 @@ def voila_argv(port: int, host: str, token: str) -> list[str]:
             f'--MappingKernelManager.cull_idle_timeout={IDLE_KERNEL_SECONDS}',
             '--MappingKernelManager.cull_interval=60',
             '--KernelManager.transport=ipc',  # local sockets: no kernel traffic on TCP, and no warning that there is
-            f'--VoilaConfiguration.multi_kernel_manager_class={TakingTurns.__module__}.TakingTurns']
+            f'--VoilaConfiguration.multi_kernel_manager_class={TakingTurns.__module__}.TakingTurns',
+            f'--VoilaExecutor.iopub_timeout={OUTPUT_WAIT_SECONDS}']
 
 
 def _checked_url(store: str | None) -> str:
