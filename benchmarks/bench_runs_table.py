@@ -37,7 +37,7 @@ def record_runs(path: Path, n: int) -> None:
         run_id = f'run{i:05d}'
         info = RunInfo(model='Sequential', batch_size=64, n_train=1437, n_valid=360, planned_epochs=EPOCHS,
                        metric_names=['error_rate'])
-        record = RunRecord.new(run_id, f'run {i}', info, {'lr': float(10 ** -rng.integers(1, 5)), 'arch': 'cnn'},
+        record = RunRecord.new(run_id, f'run {i}', info, {'lr': 10.0 ** -int(rng.integers(1, 5)), 'arch': 'cnn'},
                                None, now - n + i)
         records.append(dataclasses.replace(record, status='finished'))
         for e in range(EPOCHS):
