@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..store.dynamics import unnamed
+
 MAX_TEXT = 200
 
 
@@ -21,7 +23,7 @@ def item_name(dl, index: int, root: Path | None = None) -> str:
     try:
         item = items.index[index] if hasattr(items, 'iloc') else items[index]
     except Exception:
-        return f'#{index}'
+        return unnamed(index)
     if isinstance(item, Path): item = _relative(str(item), str(root or '/'))
     return str(item)[:MAX_TEXT]
 

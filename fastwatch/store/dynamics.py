@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from .tables import ItemEpochRow, ItemsRow, item_epochs, items
+from .tables import ItemEpochRow, ItemsRow, item_epochs, item_images, items, top_losses
 
 SPLITS = ('train', 'valid')
 UNSEEN = -1  # the label and prediction of an item an epoch did not see (fastai's train loader drops its last batch)
@@ -98,8 +98,7 @@ class DataMap:
         seen = np.flatnonzero(self.last.seen)
         return seen[np.argsort(-np.nan_to_num(self.last.loss[seen], nan=np.inf), kind='stable')]
 
-    def name(self, index: int) -> str:
-        return self.names[index] if index < len(self.names) else f'#{index}'
+    def name(self, index: int) -> str: return name_of(self.names, index)
 
 
 def data_map(split: str, rows: list[ItemEpochRow], items: ItemsRow | None = None) -> DataMap | None:
@@ -120,7 +119,7 @@ def data_map(split: str, rows: list[ItemEpochRow], items: ItemsRow | None = None
         confidence, variability = np.nanmean(label_prob, 0), np.nanstd(label_prob, 0)
         correctness = np.nanmean(right, 0)
         aum = np.nanmean(np.stack([h.margin for h in history]), 0)
-    names = items.names if items is not None else [f'#{i}' for i in range(n)]
+    names = items.names if items is not None else [unnamed(i) for i in range(n)]
     return DataMap(split, names, [r.epoch for r in rows], confidence, variability, correctness, aum, score, last,
                    history)
 
@@ -137,3 +136,29 @@ def read_data_map(store, run_id: str, split: str) -> DataMap | None:
     "A run's data map of `split`, read from a `Store`; None when the run recorded no values for it."
     names = store.rows(items, run_id, split=split)
     return data_map(split, store.rows(item_epochs, run_id, split=split), names[0] if names else None)
+
+
+def unnamed(index: int) -> str:
+    "The name of an item whose identity was not recorded: its index in the dataset."
+    return f'#{index}'
+
+
+def name_of(names: list[str], index: int) -> str:
+    "Item `index`'s name among a split's recorded `names`, or `unnamed(index)` beyond them."
+    return names[index] if index < len(names) else unnamed(index)
+
+
+def item_names(store, run_id: str, split: str) -> list[str]:
+    "A split's item names as the run recorded them (`items`): one per dataset index; none if not recorded."
+    rows = store.rows(items, run_id, split=split)
+    return rows[0].names if rows else []
+
+
+def item_thumbnails(store, run_id: str, split: str, epoch: int | None = None) -> dict[int, tuple]:
+    """A split's thumbnails by item index, rows with `image`, `image_type` and `text`: its suspects'
+    (`item_images`) and, for the valid split, its top losses' (of `epoch`, or of every epoch, the latest kept)."""
+    found = {row.item_index: row for row in store.rows(item_images, run_id, split=split)}
+    if split == 'valid':
+        rows = store.rows(top_losses, run_id, **({} if epoch is None else {'epoch': epoch}))
+        found.update((row.item_index, row) for row in rows)
+    return found

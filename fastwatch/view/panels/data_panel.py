@@ -13,8 +13,8 @@ import ipywidgets as widgets
 from ...errors import StoreError
 from ...store import Store, open_store
 from ...store.decisions import ACTIONS, UNDO, current, decide, decision_text
-from ...store.dynamics import SPLITS, DataMap, read_data_map
-from ...store.tables import DecisionRow, ItemImageRow
+from ...store.dynamics import SPLITS, DataMap, item_thumbnails, read_data_map
+from ...store.tables import DecisionRow
 from ..charts import DataMapChart
 from ..html import class_label, escape, value_text
 from ..reads import StoreReads
@@ -43,7 +43,7 @@ class ItemsRead:
     "What one read of the store gives the panel: a split's data map, its thumbnails, the run's decisions."
     split: str
     found: DataMap | None
-    images: dict[int, ItemImageRow]
+    images: dict[int, tuple]  # thumbnails by item index (`dynamics.item_thumbnails`)
     decided: dict[tuple[str, str], DecisionRow]
     vocab: list[str]
 
@@ -132,8 +132,7 @@ class DataPanel:
 
     def _read(self, run_id: str, split: str) -> ItemsRead:
         store = self.store
-        return ItemsRead(split, read_data_map(store, run_id, split),
-                         {row.item_index: row for row in store.rows('item_images', run_id, split=split)},
+        return ItemsRead(split, read_data_map(store, run_id, split), item_thumbnails(store, run_id, split),
                          current(store.rows('decisions', run_id)), [str(v) for v in store.run(run_id).vocab or []])
 
     # --- showing ----------------------------------------------------------------------------------------

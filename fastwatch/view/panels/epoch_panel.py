@@ -10,7 +10,7 @@ import numpy as np
 
 from ...store import Store
 from ...store.decisions import current, decision_text
-from ...store.dynamics import ItemValues
+from ...store.dynamics import ItemValues, item_names, item_thumbnails, name_of
 from ...store.store import ConfusionMatrix
 from ...store.tables import DecisionRow, EpochRow, TopLossRow
 from ..charts import ConfusionChart, most_confused
@@ -183,11 +183,9 @@ class EpochPanel:
         values = ItemValues.unpack(rows[0].n_items, rows[0].item_values)
         at = np.flatnonzero((values.label == actual) & (values.predicted == predicted))
         at = at[np.argsort(-np.nan_to_num(values.loss[at], nan=np.inf), kind='stable')]
-        named = store.rows('items', run_id, split='valid')
-        names = named[0].names if named else [f'#{i}' for i in range(len(values))]
-        images = {row.item_index: row for row in store.rows('item_images', run_id, split='valid')}
-        images.update((row.item_index, row) for row in store.top_losses(run_id, epoch))
+        names = item_names(store, run_id, 'valid')
+        images = item_thumbnails(store, run_id, 'valid', epoch)
         vocab = [str(v) for v in store.run(run_id).vocab or []]
-        return PairItems(class_label(vocab, actual), class_label(vocab, predicted), [names[i] for i in at],
+        return PairItems(class_label(vocab, actual), class_label(vocab, predicted), [name_of(names, i) for i in at],
                          values.loss[at].tolist(), values.label_prob[at].tolist(),
                          [images.get(i) for i in at[:PAIR_ITEMS].tolist()], current(store.rows('decisions', run_id)))
