@@ -5,7 +5,6 @@ The notebook ships inside the package (`fastwatch/app/dashboard.ipynb`, the same
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import secrets
@@ -17,11 +16,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bokeh.util.paths import bokehjs_path
-from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from jupyter_server.utils import url_path_join
 from tornado.ioloop import PeriodicCallback
 from tornado.web import HTTPError, StaticFileHandler
-from traitlets import Float, Integer, TraitError
+from traitlets import Float, TraitError
 from voila.app import Voila
 from voila.shutdown_kernel_handler import VoilaShutdownKernelHandler
 
@@ -39,8 +37,6 @@ PREHEATED_KERNELS = 2  # kernels that have run the notebook up to the page's que
 # A new preheated kernel is started this long after a page takes one, once that page has loaded: starting a kernel
 # keeps a CPU core busy, which the page being rendered needs on a small machine (benchmarks/bench_dashboard.py).
 REFILL_DELAY_SECONDS = 3
-STARTING_AT_ONCE = 2  # kernels that start at the same time; the pages of the others wait their turn
-KERNEL_ANSWER_SECONDS = 120  # the most a kernel that started may take to answer before the next one's turn
 # How long Voila waits for a cell's output once the cell has run (nbclient's default is 4 s). Past it the output is
 # dropped and the page never draws: on a machine busy with a training and many pages, waiting longer is the fix.
 OUTPUT_WAIT_SECONDS = 120
@@ -60,26 +56,6 @@ class TabCloseHandler(VoilaShutdownKernelHandler):
 class _NotTrusted(logging.Filter):
     "Drops the 'Notebook … is not trusted' warning: the dashboard is fastwatch's own notebook, run as it is."
     def filter(self, record: logging.LogRecord) -> bool: return 'is not trusted' not in str(record.msg)
-
-
-class TakingTurns(AsyncMappingKernelManager):
-    """Kernels start `starting_at_once` at a time, each until it answers: pages opened together take turns for
-    the machine's cores (a kernel's start is a few seconds of one core) instead of all starting at once and each
-    waiting for all, which on a small machine ends with Voila's timeouts and pages that never draw. Voila's
-    preheated kernels take their turns too."""
-
-    starting_at_once = Integer(STARTING_AT_ONCE, config=True, help='kernels that may be starting at the same time')
-
-    async def start_kernel(self, **kwargs) -> str:
-        if not hasattr(self, '_turns'): self._turns = asyncio.Semaphore(self.starting_at_once)
-        async with self._turns:
-            kernel_id = await super().start_kernel(**kwargs)
-            client = self.get_kernel(kernel_id).client()
-            client.start_channels()
-            try: await client.wait_for_ready(timeout=KERNEL_ANSWER_SECONDS)
-            except RuntimeError: pass  # it did not answer: Voila's own timeouts say what came of it
-            finally: client.stop_channels()
-        return kernel_id
 
 
 class DashboardServer(Voila):
@@ -142,7 +118,6 @@ def voila_argv(port: int, host: str, token: str) -> list[str]:
             f'--MappingKernelManager.cull_idle_timeout={IDLE_KERNEL_SECONDS}',
             '--MappingKernelManager.cull_interval=60',
             '--KernelManager.transport=ipc',  # local sockets: no kernel traffic on TCP, and no warning that there is
-            f'--VoilaConfiguration.multi_kernel_manager_class={TakingTurns.__module__}.TakingTurns',
             f'--VoilaExecutor.iopub_timeout={OUTPUT_WAIT_SECONDS}']
 
 
