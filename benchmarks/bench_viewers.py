@@ -42,6 +42,8 @@ def open_at_once(browser, url: str, n: int, limit: float) -> tuple[list[float], 
             if points > 0: drawn[i] = time.perf_counter() - started
         time.sleep(0.2)
     memory = list(kernels(url).values())
+    for i, page in enumerate(pages):
+        if i not in drawn: print(f'  a page that drew none shows: {page.inner_text("body")[:300]!r}', flush=True)
     for page, context in zip(pages, contexts):
         page.close(run_before_unload=True)
         context.close()
