@@ -4,7 +4,10 @@ in one chromium (N = 1, 3, 10), a fine_tune of the digits CNN recording meanwhil
 For each N: seconds from opening to the page's first chart drawn with data (p50, p95, the slowest), the pages that
 drew none within the limit, each viewer's kernel (peak RSS), and the kernels the server held.
 
-    python benchmarks/bench_viewers.py [--viewers 1 3 10] [--limit 300]
+    python benchmarks/bench_viewers.py [--viewers 1 3 10] [--limit 300] [--max-starting N]
+
+`--max-starting`: the pages the server renders at once (`DashboardServer.max_starting`; the others wait for a
+place); default the server's.
 """
 from __future__ import annotations
 
@@ -54,13 +57,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--viewers', type=int, nargs='+', default=[1, 3, 10])
     parser.add_argument('--limit', type=float, default=300, help='seconds a page may take to draw')
+    parser.add_argument('--max-starting', type=int, default=0, help="pages rendered at once (0: the server's default)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as playwright:
         folder = Path(tmp)
         digits, store = digits_folder(folder / 'digits'), folder / 'team.db'
         open_store(store).close()
         browser = launch(playwright)
-        with served(store, folder) as url:
+        config = {'DashboardServer': {'max_starting': args.max_starting}} if args.max_starting else None
+        with served(store, folder, config=config) as url:
             trainer = train_in_background(digits, store, epochs=200, name='watched')
             try:
                 wait_for(lambda: open_store(store, readonly=True).runs(), timeout=120)

@@ -157,9 +157,14 @@ def open_dashboard(page, url: str, timeout: float = 30) -> float:
     "Open the dashboard and wait for a chart's canvas and its data: seconds it took."
     started = time.perf_counter()
     page.goto(url)
+    wait_for_charts(page, timeout)
+    return time.perf_counter() - started
+
+
+def wait_for_charts(page, timeout: float = 30) -> None:
+    "Wait until the page's charts are drawn with their data."
     page.wait_for_selector('canvas', timeout=timeout * 1000)
     page.wait_for_function(f'({POINTS_JS})("loss") > 0', timeout=timeout * 1000)
-    return time.perf_counter() - started
 
 
 def wait_for_points(page, count: int, series: str = 'loss', timeout: float = 10) -> None:

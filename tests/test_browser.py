@@ -14,6 +14,7 @@ from browser import (
     points,
     served,
     train_in_background,
+    wait_for_charts,
     wait_for_points,
     with_query,
 )
@@ -103,6 +104,26 @@ def test_a_closed_page_shuts_its_small_kernel_down(site, browser, digits_path, t
         wait_for(lambda: len(kernels(url)) == PREHEATED_KERNELS)  # refilled: only preheated ones, for the next pages
         context.close()
     assert trainer.wait(120) == 0
+
+
+def test_pages_beyond_what_the_server_holds_wait_for_a_place_first_come_first_served(site, browser, tmp_path):
+    "With --max-viewers 1, a second and a third page say they wait, and open by themselves in turn as pages close."
+    from playwright.sync_api import expect
+    with served(site['store'], tmp_path, args=('--max-viewers', '1')) as url:
+        url = with_query(url, run=site['run_id'])
+        context = browser.new_context()
+        first, second, third = (context.new_page() for _ in range(3))
+        open_dashboard(first, url)
+        second.goto(url)
+        expect(second.locator('.fw-waiting')).to_contain_text('it is next', timeout=30_000)
+        third.goto(url)
+        expect(third.locator('.fw-waiting')).to_contain_text('1 page ahead of it', timeout=30_000)
+        first.close(run_before_unload=True)  # as a tab is closed: its place is the next page's
+        wait_for_charts(second, timeout=60)  # its kernel never saw its ticket: it would have said `unknown parameter`
+        expect(third.locator('.fw-waiting')).to_contain_text('it is next', timeout=30_000)
+        second.close(run_before_unload=True)
+        wait_for_charts(third, timeout=60)
+        context.close()
 
 
 def test_an_abandoned_page_loses_its_kernel(site, browser):

@@ -63,6 +63,8 @@ def test_bad_input_is_one_clear_line(trained, tmp_path):
     one_line_error(fastwatch('ls', '--store', str(tmp_path / 'other.db')), 'ls', 'is not a fastwatch store')
     (tmp_path / 'notes.txt').write_text('not a database at all ' * 50)
     one_line_error(fastwatch('show', 'x', '--store', str(tmp_path / 'notes.txt')), 'show', 'cannot open store')
+    one_line_error(fastwatch('serve', '--store', str(trained['path']), '--max-viewers', '-1'), 'serve',
+                   '--max-viewers takes a number of pages, not -1')
 
 
 def test_unknown_command_and_help():

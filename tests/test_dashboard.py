@@ -10,13 +10,13 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
-from helpers import copy_run, train
+from helpers import copy_run, train, wait_for
 from nbclient import NotebookClient
 
 from fastwatch import RunNotFound, StoreError, open_store
 from fastwatch.demo.digits import digits_dls, digits_folder
 from fastwatch.links import binder_url
-from fastwatch.view.dashboard import Dashboard, dashboard
+from fastwatch.view.dashboard import Dashboard, _likely_dashboard, _shows, dashboard
 from fastwatch.view.feed import RunFeed, fit_spans
 from fastwatch.view.page import open_view_store
 
@@ -160,6 +160,47 @@ def test_feed_and_dashboard_stream_a_live_training(dls, tmp_path):
     assert grew > 1 and [c for c in cursors if c is not None] == sorted(c for c in cursors if c is not None)
     assert view.feeds[run_id].run.state == 'finished' and 'finished' in view.header.widget.value
     assert view.epoch_panel.epoch.value == store.epochs(run_id)[-1].epoch
+
+
+def test_a_preheated_kernels_dashboard_is_brought_up_to_date_for_the_page_of_its_store(trained, dls, tmp_path,
+                                                                                      monkeypatch):
+    """A preheated kernel builds the served store's newest run while it waits for its page: the page that asks for
+    that run gets it with everything recorded meanwhile, a page that asks for another run of the store gets that run
+    shown in it, and a page that asks for anything else is not given it."""
+    from fastai.callback.core import Callback
+    path, built = tmp_path / 'preheated.db', threading.Event()
+
+    class WaitsForTheGuess(Callback):
+        "The training goes on once the guess is built from its first epoch."
+        def after_epoch(self): built.wait(120)
+    trainer = threading.Thread(target=train, args=(dls, path, 2), kwargs={'extra_cbs': [WaitsForTheGuess()]})
+    trainer.start()
+    monkeypatch.setenv('FASTWATCH_STORE', str(path))
+
+    def opened():
+        try: return open_store(path, readonly=True)
+        except StoreError: return None  # not created yet
+    store = wait_for(opened)
+    run_id = wait_for(lambda: store.runs() and store.counts(store.runs()[0].id)['batches'] and store.runs()[0].id)
+    likely = _likely_dashboard({})
+    loss, early = likely.chart_grid.charts['loss'], likely.chart_grid.charts['loss'].points(run_id, 'loss')
+    built.set()
+    trainer.join()
+    assert likely.run_id == run_id and 'live' in likely.header.widget.value
+    assert _shows(likely, 'token=abc')  # no run named, of a store of that run alone
+    assert early < loss.points(run_id, 'loss') == store.counts(run_id)['batches']
+    assert loss.sources[run_id, 'loss'].data['x'] == store.batches(run_id)['step']
+    assert 'finished' in likely.header.widget.value
+    assert likely.epoch_panel.epoch.value == store.epochs(run_id)[-1].epoch
+    assert _shows(likely, f'run={run_id}')
+    assert not any(_shows(likely, query) for query in (f'run={trained["run_id"]}', 'view=runs', 'store=other.db',
+                                                        f'run={run_id}&view=runs', 'colour=red'))
+    copy_run(trained['store'], trained['run_id'], open_store(path), 'newer', created_at=time.time())
+    assert not _shows(likely, '')  # a page of a store of several opens on its table
+    assert _shows(likely, f'run={run_id}') and likely.run_id == run_id
+    assert _shows(likely, 'run=newer') and likely.run_id == 'newer'  # another run of the store: shown in it
+    newer = likely.chart_grid.charts['loss']
+    assert newer.points('newer', 'loss') == store.counts('newer')['batches'] and 'newer' in likely.header.widget.value
 
 
 async def until(condition, timeout: float = 120.0) -> None:

@@ -3,7 +3,8 @@
 (`reads.py`).
 
 `dashboard(query)` is the whole app for a page's query string (`?run=ID&store=WHERE`): the `Dashboard`, or a message
-that says what is wrong and what there is. The notebook only calls `load_bokehjs()` and `dashboard(page_query())`.
+that says what is wrong and what there is. The notebook only calls `load_bokehjs()` and `page_dashboard()`, which
+waits for the page's query.
 Nothing here imports torch or fastai: a viewer's kernel stays small.
 """
 from __future__ import annotations
@@ -18,10 +19,11 @@ from IPython.display import HTML, display
 
 from ..errors import FastwatchError
 from ..store import Store
+from .drawn import Drawn
 from .feed import MAX_POINTS, RunFeed, RunsFeed
 from .follow import FollowPolicy, Poll, follow
 from .html import escape, message_html, style
-from .page import OWNER_ENV, open_view_store, parse_query, store_files
+from .page import OWNER_ENV, open_view_store, page_query, parse_query, preheated, store_files
 from .panels.chart_grid import CHARTS, COMPACT_CHARTS, ChartGrid
 from .panels.data_panel import DataPanel, OwnerDecisions
 from .panels.epoch_panel import EpochPanel
@@ -64,9 +66,10 @@ class Dashboard:
         self.header, self.alerts = Header(), AlertList()
         self.run_list = RunList(on_show=self.show, on_axis=self.set_axis)
         self.runs_table = RunsTable(on_open=self.show, on_overlay=lambda overlay: self.show(self.run_id, overlay))
-        self.chart_grid = ChartGrid(COMPACT_CHARTS if compact else CHARTS)
+        self.drawn = Drawn()  # the page's first drawing, which following the store and reading its items wait for
+        self.chart_grid = ChartGrid(COMPACT_CHARTS if compact else CHARTS, on_drawn=self.drawn.set)
         self.epoch_panel = EpochPanel(store, self.reads)
-        self.data_panel = DataPanel(store, self.reads, OwnerDecisions() if owner else None)
+        self.data_panel = DataPanel(store, self.reads, self.drawn, OwnerDecisions() if owner else None)
         self.share = SharePanel(environ, store_param, getattr(store, 'published_url', None))
         self.full_page = FullPage(store)
         self.layout = NOTEBOOK if compact else PAGE
@@ -82,7 +85,7 @@ class Dashboard:
         self._wanted: tuple[str, ...] = ()  # the runs of the latest `show`
         self.feeds: dict[str, RunFeed] = {}  # the shown run's first, then the runs overlaid on it
         self.task: asyncio.Task | None = None
-        self.runs = self.reads.now(lambda: RunsFeed(store))
+        self.runs = self.reads.now(lambda: RunsFeed(store, summarised='runs_table' in self.layout))
         if run_id is not None and run_id not in [run.id for run in self.runs.runs]:
             self.reads.now(lambda: store.run(run_id))  # RunNotFound names the runs there are
         self.policy = FollowPolicy(self.runs)
@@ -139,7 +142,7 @@ class Dashboard:
         self.alerts.render(main.alerts)
         self.share.render(run_id)
         self.full_page.render(run_id)
-        self.start()
+        self.drawn.then(self.start)
 
     def apply(self, poll: Poll) -> None:
         "Show what a tick read: the run list's changes, and what came of each shown run."
@@ -168,6 +171,11 @@ class Dashboard:
         self.apply(poll)
         return poll.runs_changed or bool(poll.updates)
 
+    def catch_up(self) -> None:
+        "Read and show everything new now, the run list included: for a dashboard built before its page asked."
+        self.policy.list_runs_next()
+        self.refresh()
+
     async def _tick(self) -> bool:
         "One tick of the follow loop: read what is due off the loop, then show it. A failing store is a message."
         feeds = self.feeds
@@ -182,6 +190,13 @@ class Dashboard:
     def _stopped(self, reason: str) -> None:
         self.task = None
         if reason.startswith('error'): self.status.error(f'stopped ({reason}): reload the page')
+
+    def page_sent(self) -> None:
+        """The page is on its way: what waits for its first drawing goes on once it has drawn, or after
+        `DRAWN_WAIT_SECONDS` if it never says so (at once if it shows no chart)."""
+        if self.chart_grid.charts: self.drawn.expect()
+        else: self.drawn.set()
+        self.drawn.then(self.start)
 
     def start(self) -> None:
         "Follow the store from an asyncio task in the kernel, while the page is open (no-op outside a kernel)."
@@ -208,5 +223,46 @@ def dashboard(query: str | None = None, environ: Mapping[str, str] = os.environ)
         except FastwatchError: runs = None
         text = message_html(message, runs, params.get('store'), None if runs else store_files())
         return widgets.HTML(style() + text)
-    app.start()
+    app.page_sent()
     return app.widget
+
+
+def page_dashboard(environ: Mapping[str, str] = os.environ) -> widgets.Widget:
+    """The app of the page this kernel serves (the notebook's call). A preheated kernel (`fastwatch serve`) builds the
+    dashboard of the served store's newest run while it waits for its page; a page that asks for a run of that store
+    gets it brought up to date (another run shown in it), without waiting for what was built. Any other page gets
+    `dashboard(query)`."""
+    likely = _likely_dashboard(environ) if preheated(environ) else None
+    query = page_query()
+    if likely is not None and _shows(likely, query):
+        likely.page_sent()
+        return likely.widget
+    if likely is not None:
+        widgets.Widget.close_all()  # the guess's are the only widgets of a kernel that waited for its page
+        likely.store.close()
+    return dashboard(query, environ)
+
+
+def _likely_dashboard(environ: Mapping[str, str]) -> Dashboard | None:
+    "The dashboard of the served store's newest run, as a page that names no other store would get it; None if none."
+    try:
+        store = open_view_store(None)
+        newest = store.runs()[:1]
+        if not newest: return None
+        return Dashboard(store, newest[0].id, None, environ, owner=environ.get(OWNER_ENV) == '1')
+    except FastwatchError: return None  # the page's own `dashboard(query)` says what is wrong
+
+
+def _shows(likely: Dashboard, query: str) -> bool:
+    """Make `likely`, read up to now, the page of `query` if it can be: a run of its store named, or none of a store
+    that has one run. False for any other page."""
+    try: params = parse_query(query)
+    except FastwatchError: return False
+    if set(params) - {'run'}: return False
+    likely.catch_up()
+    runs = [run.id for run in likely.runs.runs]
+    wanted = params.get('run', runs[0] if len(runs) == 1 else None)
+    if wanted not in runs: return False
+    if wanted != likely.run_id:
+        with likely.reads.at_once(): likely.show(wanted)
+    return True

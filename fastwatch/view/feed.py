@@ -140,12 +140,15 @@ class RunsFeed:
     """The store's runs, newest first, each with its summary (`runs_table.RunSummary`), kept current: `poll()` reads
     them again when one cheap query says something changed (a run added, a record updated), or while a run may still
     change (a live run's state also changes when its heartbeat stops); it summarises again only the runs whose
-    record changed."""
+    record changed. `summarised` False: the runs' records alone, for a view with no runs table."""
 
-    def __init__(self, store: Store):
-        self.store = store
+    def __init__(self, store: Store, summarised: bool = True):
+        self.store, self.summarised = store, summarised
         self.version = store.runs_version()
-        self.summaries: list[RunSummary] = run_summaries(store)
+        self.summaries: list[RunSummary] = self._summaries(store.runs())
+
+    def _summaries(self, runs: list[RunRecord]) -> list[RunSummary]:
+        return run_summaries(self.store, runs) if self.summarised else [RunSummary(run) for run in runs]
 
     @property
     def runs(self) -> list[RunRecord]: return [summary.run for summary in self.summaries]
@@ -158,7 +161,7 @@ class RunsFeed:
         runs, self.version = self.store.runs(), version
         before = {summary.run.id: summary for summary in self.summaries}
         changed = [run for run in runs if run.id not in before or _seen(run) != _seen(before[run.id].run)]
-        fresh = {summary.run.id: summary for summary in run_summaries(self.store, changed)}
+        fresh = {summary.run.id: summary for summary in self._summaries(changed)}
         listed = [(r.id, r.state, r.name) for r in runs] != [(r.id, r.state, r.name) for r in self.runs]
         self.summaries = [fresh.get(run.id) or before[run.id] for run in runs]
         return listed, bool(fresh) or listed

@@ -47,6 +47,10 @@ class FollowPolicy:
             poll.runs_changed, poll.summaries_changed = self.runs.poll()
         return poll
 
+    def list_runs_next(self) -> None:
+        "Read the run list at the next `read`, however recently it was read."
+        self._runs_read_at = -float('inf')
+
     def interval(self, feeds: dict[str, RunFeed]) -> float:
         "Seconds until the next tick: soon while a shown run may change, else when the run list is due."
         if any(feed.followed for feed in feeds.values()): return self.poll_every

@@ -83,9 +83,14 @@ def _request_info(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     return found
 
 
+def preheated(environ: Mapping[str, str] = os.environ) -> bool:
+    "Whether this kernel was started by Voila before its page asked (`fastwatch serve`'s preheated kernels)."
+    return environ.get('VOILA_PREHEAT') == 'True'
+
+
 def page_query() -> str:
     "The page's query string. A preheated Voila kernel waits here for the page's request."
-    if os.environ.get('VOILA_PREHEAT') == 'True': os.environ.update(_request_info())
+    if preheated(): os.environ.update(_request_info())
     return os.environ.get('QUERY_STRING', '')
 
 

@@ -13,15 +13,16 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from bokeh.util.paths import bokehjs_path
 from jupyter_server.utils import url_path_join
 from tornado.ioloop import PeriodicCallback
-from tornado.web import HTTPError, StaticFileHandler
-from traitlets import Float, TraitError
+from tornado.web import HTTPError, StaticFileHandler, authenticated
+from traitlets import Float, Int, TraitError
 from voila.app import Voila
 from voila.shutdown_kernel_handler import VoilaShutdownKernelHandler
+from voila.tornado.handler import TornadoVoilaHandler
 
 from ..errors import StoreError, UsageError
 from ..links import local_url
@@ -29,6 +30,7 @@ from ..remote.fetch import ALLOW_PRIVATE_ENV
 from ..store import display_location, open_store, store_url
 from .compression import CachedGzip
 from .page import DOWNLOADS_ENV, OWNER_ENV
+from .places import RETRY_SECONDS, TICKET, Places, waiting_html
 
 APP = Path(__file__).parent / 'app' / 'dashboard.ipynb'
 BOKEHJS = bokehjs_path()  # BokehJS's own files: js/bokeh.min.js
@@ -40,6 +42,13 @@ REFILL_DELAY_SECONDS = 3
 # How long Voila waits for a cell's output once the cell has run (nbclient's default is 4 s). Past it the output is
 # dropped and the page never draws: on a machine busy with a training and many pages, waiting longer is the fix.
 OUTPUT_WAIT_SECONDS = 120
+VIEWER_MB = 150  # what a viewer's kernel may grow to: --max-viewers is sized by it from the machine's memory
+
+
+def memory_viewers() -> int:
+    "How many viewers' kernels half of this machine's memory holds."
+    memory = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    return max(1, memory // 2 // (VIEWER_MB * 2**20))
 
 
 class TabCloseHandler(VoilaShutdownKernelHandler):
@@ -53,6 +62,37 @@ class TabCloseHandler(VoilaShutdownKernelHandler):
             raise HTTPError(403, 'a kernel is shut down from its own page only')
 
 
+class PageHandler(TornadoVoilaHandler):
+    """Voila's page, rendered when a place is free (`places.Places`); otherwise a small page that says it waits for
+    one and asks again by itself. The ticket of a waiting page is taken off the query: the kernel never sees it."""
+
+    @authenticated
+    async def get(self, path=None):
+        server: DashboardServer = self.settings['fastwatch_server']
+        ticket = self.get_query_argument(TICKET, None)
+        self._forget_ticket()
+        viewers = server.viewers()
+        admission = server.places.ask(int(ticket) if ticket and ticket.isdigit() else None, viewers,
+                                      server.starting)
+        if not admission.admitted:
+            query = urlencode([*((k, v.decode()) for k, values in self.request.query_arguments.items()
+                                 for v in values), (TICKET, admission.ticket)])
+            self.set_status(503)
+            self.set_header('Retry-After', str(RETRY_SECONDS))
+            self.set_header('Cache-Control', 'no-store')
+            self.finish(waiting_html(admission, f'{self.request.path}?{query}', viewers, server.places.viewers))
+            return
+        server.starting += 1
+        try: await super().get(path)
+        finally: server.starting -= 1
+
+    def _forget_ticket(self) -> None:
+        request = self.request
+        for arguments in (request.arguments, request.query_arguments): arguments.pop(TICKET, None)
+        request.query = urlencode([(k, v.decode()) for k, values in request.query_arguments.items() for v in values])
+        request.uri = request.path + (f'?{request.query}' if request.query else '')
+
+
 class _NotTrusted(logging.Filter):
     "Drops the 'Notebook … is not trusted' warning: the dashboard is fastwatch's own notebook, run as it is."
     def filter(self, record: logging.LogRecord) -> bool: return 'is not trusted' not in str(record.msg)
@@ -64,6 +104,9 @@ class DashboardServer(Voila):
     comes from `/fastwatch/static/`. It logs what a person serving it needs to know, nothing of Voila's routine."""
 
     orphan_timeout = Float(60, config=True, help='seconds a viewer kernel may stay idle with no page connected')
+    max_viewers = Int(0, config=True, help='pages the server holds at once (0: as many as half its memory holds); '
+                                           'more wait for a place')
+    max_starting = Int(0, config=True, help='pages rendered at once (0: two per CPU core); more wait for a place')
 
     def initialize(self, argv=None) -> None:
         super().initialize(argv)
@@ -71,16 +114,25 @@ class DashboardServer(Voila):
 
     def init_settings(self) -> dict:
         settings = super().init_settings()
-        settings.update(transforms=[CachedGzip], websocket_compression_options={})
+        settings.update(transforms=[CachedGzip], websocket_compression_options={}, fastwatch_server=self)
+        self.places = Places(self.max_viewers or memory_viewers(), self.max_starting or 2 * (os.cpu_count() or 1))
+        self.starting = 0  # pages being rendered now
         return settings
+
+    def viewers(self) -> int:
+        """The pages this server holds: those being rendered, and the kernels of those rendered, connected to their
+        page or idle waiting for it (or abandoned, until shut down). The others are preheated kernels, busy waiting
+        for a page."""
+        return self.starting + sum(1 for model in _started_kernels(self.kernel_manager)
+                                   if model['connections'] or model['execution_state'] == 'idle')
 
     def setup_template_dirs(self) -> None:
         super().setup_template_dirs()
         self.template_paths.insert(0, str(APP.parent))  # its index.html.j2 extends Voila's lab template
 
     def init_handlers(self) -> list:
-        handlers = [(pattern, TabCloseHandler, *rest) if handler is VoilaShutdownKernelHandler
-                    else (pattern, handler, *rest) for pattern, handler, *rest in super().init_handlers()]
+        ours = {VoilaShutdownKernelHandler: TabCloseHandler, TornadoVoilaHandler: PageHandler}
+        handlers = [(pattern, ours.get(handler, handler), *rest) for pattern, handler, *rest in super().init_handlers()]
         return [(url_path_join(self.server_url, r'/fastwatch/static/(.*)'), StaticFileHandler, {'path': BOKEHJS}),
                 *handlers]
 
@@ -109,7 +161,7 @@ def _started_kernels(manager) -> list[dict]:
     return models
 
 
-def voila_argv(port: int, host: str, token: str) -> list[str]:
+def voila_argv(port: int, host: str, token: str, max_viewers: int = 0) -> list[str]:
     "Voila's command line for the dashboard: preheated kernels (the page is ready sooner), idle ones culled."
     return [str(APP), '--no-browser', f'--port={port}', f'--Voila.ip={host}', f'--token={token}',
             '--preheat_kernel=True', f'--pool_size={PREHEATED_KERNELS}',
@@ -118,7 +170,8 @@ def voila_argv(port: int, host: str, token: str) -> list[str]:
             f'--MappingKernelManager.cull_idle_timeout={IDLE_KERNEL_SECONDS}',
             '--MappingKernelManager.cull_interval=60',
             '--KernelManager.transport=ipc',  # local sockets: no kernel traffic on TCP, and no warning that there is
-            f'--VoilaExecutor.iopub_timeout={OUTPUT_WAIT_SECONDS}']
+            f'--VoilaExecutor.iopub_timeout={OUTPUT_WAIT_SECONDS}',
+            *([f'--DashboardServer.max_viewers={max_viewers}'] if max_viewers else [])]
 
 
 def _checked_url(store: str | None) -> str:
@@ -159,11 +212,13 @@ def serve(store: str = None,  # store path or URL (default: $FASTWATCH_STORE, th
           root: str = None,  # folder whose store files a page may open with ?store=PATH (default: none)
           allow_private_urls: bool = False,  # let ?store=https://... fetch from loopback and private addresses
           run: str = None,  # the run the printed URL opens (default: the page shows the newest)
+          max_viewers: int = 0,  # pages open at once; more wait for a place (default: as many as half the memory holds)
           ) -> None:
     """Serve the live dashboard of a store with Voila and print its URL, with the token it requires (Ctrl-C
     stops)."""
     url = _checked_url(store)
     check_port(host, port)
+    if max_viewers < 0: raise UsageError(f'--max-viewers takes a number of pages, not {max_viewers}')
     folder, secret = _root_folder(root), secrets.token_urlsafe(24)
     downloads = tempfile.mkdtemp(prefix='fastwatch-serve-')  # 0700, this server's alone
     ipython = quiet_kernels()
@@ -176,7 +231,7 @@ def serve(store: str = None,  # store path or URL (default: $FASTWATCH_STORE, th
                        OWNER_ENV: '1', 'IPYTHONDIR': ipython})
     print(f'fastwatch dashboard of {display_location(url)}\n  open {dashboard_url(host, port, secret, run)}\n'
           '  Ctrl-C stops it', flush=True)
-    try: DashboardServer.launch_instance(argv=voila_argv(port, host, secret))
+    try: DashboardServer.launch_instance(argv=voila_argv(port, host, secret, max_viewers))
     except KeyboardInterrupt: pass
     finally:
         for private in (downloads, ipython): shutil.rmtree(private, ignore_errors=True)

@@ -37,8 +37,9 @@ def ls(store: str = None,  # Store path or SQLAlchemy URL (default: $FASTWATCH_S
        json: bool = False):  # Print every field and column of every run as JSON
     "List the runs in a store: state, duration, epochs, final loss and metrics, best values, settings."
     summaries = run_summaries(open_store(store, readonly=True))
-    rows = [{**summary.run.as_dict(), **summary.columns()} for summary in summaries]
-    every = list(dict.fromkeys(column for summary in summaries for column in summary.columns()))
+    columns_of = [summary.columns() for summary in summaries]
+    rows = [{**summary.run.as_dict(), **row} for summary, row in zip(summaries, columns_of)]
+    every = list(dict.fromkeys(column for row in columns_of for column in row))
     if sort:
         key = sort.lstrip('-')
         if rows and not any(key in row for row in rows):

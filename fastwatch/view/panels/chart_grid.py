@@ -8,13 +8,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import ipywidgets as widgets
+from bokeh.events import DocumentReady
 from jupyter_bokeh import BokehModel
 
 from ...store.tables import EpochRow
 from ..charts import Layer, LossChart, SeriesChart
 from ..feed import RunUpdate, system_series
 from ..timeline import X_AXES, Timeline
-from .run_list import GRID
+from .run_list import grid_layout
 
 Series = dict[str, dict]  # {name: {'x': [...], 'y': [...]}}
 Labels = list[tuple[str, str]]  # (run id, label) of each run drawn: the shown run first
@@ -93,12 +94,12 @@ def batch_series(batches: dict[str, list]) -> Series:
 
 class ChartGrid:
     """The charts of the shown run and the runs overlaid on it: those of `charts` (`CHARTS`, `COMPACT_CHARTS`), over
-    the x axis `axis` (a key of `X_AXES`)."""
+    the x axis `axis` (a key of `X_AXES`). `on_drawn()` when the browser has drawn the first of them."""
     css = ''
 
-    def __init__(self, charts: tuple = CHARTS):
-        self.widget = widgets.Box(layout=GRID)
-        self.chosen = charts
+    def __init__(self, charts: tuple = CHARTS, on_drawn: Callable[[], None] = lambda: None):
+        self.widget = widgets.Box(layout=grid_layout())
+        self.chosen, self.on_drawn = charts, on_drawn
         self.axis = 'step'
         self.specs: list[ChartSpec] = []
         self.charts: dict[str, SeriesChart] = {}
@@ -108,6 +109,7 @@ class ChartGrid:
         for model in self.widget.children: model.close()
         self.specs = charts_for(metric_names, self.chosen)
         self.charts = {spec.key: spec.make(labels, X_AXES[self.axis]) for spec in self.specs}
+        if self.charts: next(iter(self.charts.values())).fig.document.on_event(DocumentReady, lambda _: self.on_drawn())
         for run_id, snapshot in snapshots.items(): self.load(run_id, snapshot, shaded=run_id == labels[0][0])
         self.widget.children = [ChartWidget(chart.fig, layout=widgets.Layout(width='100%', min_width='0'))
                                 for chart in self.charts.values()]

@@ -4,7 +4,6 @@ history, and the decisions about items (`store.decisions`). Only the run's owner
 `fastwatch serve` serves, gets controls to decide; every other page shows the decisions read-only."""
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,11 +15,13 @@ from ...store.decisions import ACTIONS, UNDO, current, decide, decision_text
 from ...store.dynamics import SPLITS, DataMap, item_thumbnails, read_data_map
 from ...store.tables import DecisionRow
 from ..charts import DataMapChart
+from ..drawn import Drawn
 from ..html import class_label, escape, value_text
 from ..reads import StoreReads
 from .chart_grid import ChartWidget
 from .epoch_panel import decision_html, thumbnail_html
-from .run_list import GRID
+from .pool import Pool
+from .run_list import grid_layout
 
 PAGE_SIZE = 16
 
@@ -51,8 +52,9 @@ class ItemsRead:
 
 
 class SuspectCard:
-    """One suspect's card: its thumbnail and values, and for the owner keep / delete / relabel. A page's cards are
-    made once and shown again with other items: a new epoch changes their text, not their widgets."""
+    """One suspect's card: its thumbnail and values, and for the owner keep / delete / relabel. Cards are made as a
+    page first needs them and shown again with other items (`Pool`): a new epoch changes their text, not their
+    widgets."""
 
     def __init__(self, decide: Callable[..., None] | None):
         self.index = -1
@@ -80,7 +82,8 @@ class SuspectCard:
 
 
 class DataPanel:
-    "A split's data map and suspects, the picked item's history, and the decisions (`decide`: None on read-only pages)."
+    """A split's data map and suspects, the picked item's history, and the decisions (`decide`: None on read-only
+    pages), read once the page has drawn (`drawn`)."""
     css = """
 .fw-card { width: 150px; margin: 0 10px 10px 0; font-size: 11px; line-height: 1.35; overflow-wrap: anywhere; }
 .fw-card img { width: 100px; height: 100px; object-fit: contain; image-rendering: pixelated; background: #eee; }
@@ -88,8 +91,8 @@ class DataPanel:
 .fw-decided { color: #8a4b00; font-weight: bold; }
 """
 
-    def __init__(self, store: Store, reads: StoreReads, decide: Decide | None = None):
-        self.store, self.reads, self.decide = store, reads, decide
+    def __init__(self, store: Store, reads: StoreReads, drawn: Drawn, decide: Decide | None = None):
+        self.store, self.reads, self.drawn, self.decide = store, reads, drawn, decide
         self.run_id: str | None = None
         self.read: ItemsRead | None = None
         self.page = 0
@@ -98,13 +101,14 @@ class DataPanel:
         self.detail, self.note, self.page_label = widgets.HTML(), widgets.HTML(), widgets.HTML()
         self.previous, self.next = widgets.Button(description='‹ previous'), widgets.Button(description='next ›')
         self.cards = widgets.Box(layout=widgets.Layout(display='flex', flex_flow='row wrap', width='100%'))
-        self.suspect_cards = [SuspectCard(self.decide_item if decide else None) for _ in range(PAGE_SIZE)]
+        self.suspect_cards = Pool(lambda: SuspectCard(self.decide_item if decide else None))
         self.decisions = widgets.VBox()
         for widget, name in (self.cards, 'fw-cards-page'), (self.detail, 'fw-detail'), (self.decisions, 'fw-decisions'):
             widget.add_class(name)
         self.widget = widgets.VBox([
             widgets.HTML('<h3>Items: data map and suspects</h3>'), self.split, self.note,
-            widgets.Box([ChartWidget(self.chart.fig, layout=widgets.Layout(width='100%')), self.detail], layout=GRID),
+            widgets.Box([ChartWidget(self.chart.fig, layout=widgets.Layout(width='100%')), self.detail],
+                        layout=grid_layout()),
             widgets.HTML('<b>Suspects</b> <span class="fw-muted">(most likely mislabeled first; score: the margin '
                          "of the label's probability over the highest other's, averaged over the epochs, recent ones "
                          'weighing most)</span>'),
@@ -119,10 +123,9 @@ class DataPanel:
 
     # --- reading ----------------------------------------------------------------------------------------
     def show_run(self, run_id: str) -> None:
-        "Show a run's items: in a kernel, once the page has what it draws first (the charts), outside one at once."
+        "Show a run's items: in a kernel, once the page has drawn its charts (`drawn`), outside one at once."
         self.run_id, self.page = run_id, 0
-        try: asyncio.get_running_loop().call_soon(self.refresh)
-        except RuntimeError: self.refresh()
+        self.drawn.then(self.refresh)
 
     def refresh(self) -> None:
         "Read the split's items again (a new epoch, a decision) and show them."
@@ -165,9 +168,10 @@ class DataPanel:
         self.previous.disabled, self.next.disabled = self.page == 0, self.page >= pages - 1
         at = self.page * PAGE_SIZE
         shown = [(rank, int(i)) for rank, i in enumerate(ranked[at:at + PAGE_SIZE], at + 1)]
-        for card, (rank, index) in zip(self.suspect_cards, shown):
+        cards = self.suspect_cards.take(len(shown))
+        for card, (rank, index) in zip(cards, shown):
             card.render(index, self._item_html(index, rank), read.vocab)
-        self.cards.children = [card.widget for card in self.suspect_cards[:len(shown)]]
+        self.cards.children = [card.widget for card in cards]
 
     def _item_html(self, index: int, rank: int | None = None) -> str:
         read, found = self.read, self.read.found

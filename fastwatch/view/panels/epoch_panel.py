@@ -17,7 +17,7 @@ from ..charts import ConfusionChart, most_confused
 from ..html import class_label, escape, value_text
 from ..reads import StoreReads
 from .chart_grid import ChartWidget
-from .run_list import GRID, control_layout
+from .run_list import control_layout, grid_layout
 
 IMAGE_TYPES = ('image/png', 'image/jpeg', 'image/webp', 'image/gif')
 PAIR_ITEMS = 48  # items of a confusion matrix's cell shown at once
@@ -96,7 +96,7 @@ class EpochPanel:
     def __init__(self, store: Store, reads: StoreReads):
         self.store, self.reads = store, reads
         self.run_id: str | None = None
-        self.epoch = widgets.IntSlider(description='Epoch', continuous_update=False, layout=control_layout(),
+        self.epoch = widgets.IntSlider(max=0, description='Epoch', continuous_update=False, layout=control_layout(),
                                        style={'description_width': '60px'})
         self.normalised = widgets.ToggleButtons(options=[('counts', False), ('row-normalised', True)])
         self.confusion: ConfusionChart | None = None
@@ -110,7 +110,8 @@ class EpochPanel:
         self.widget = widgets.VBox([
             widgets.HTML('<h3>Confusion matrix and top losses</h3>'), self.epoch, self.note,
             widgets.Box([widgets.VBox([self.normalised, self.confusion_box], layout=widgets.Layout(width='100%')),
-                         widgets.VBox([widgets.HTML('<b>Most confused</b>'), self.pairs, self.pair])], layout=GRID),
+                         widgets.VBox([widgets.HTML('<b>Most confused</b>'), self.pairs, self.pair])],
+                        layout=grid_layout()),
             self.pair_items, widgets.HTML('<b>Top losses</b>'), self.gallery])
         self._asked = 0  # which request the shown epoch answers: a late answer to an older one is dropped
         self.epoch.observe(lambda _: self.show_epoch(), 'value')

@@ -11,8 +11,11 @@ from ...store import RunRecord
 from ..html import run_label
 from ..timeline import X_AXES
 
-GRID = widgets.Layout(display='grid', grid_template_columns='repeat(auto-fill, minmax(min(100%, 440px), 1fr))',
-                      grid_gap='10px', width='100%')
+
+def grid_layout() -> widgets.Layout:
+    "A row of grid cells at least 440 px wide, as many as fit (each widget its own: a layout is a widget too)."
+    return widgets.Layout(display='grid', grid_template_columns='repeat(auto-fill, minmax(min(100%, 440px), 1fr))',
+                          grid_gap='10px', width='100%')
 
 
 def control_layout() -> widgets.Layout:
@@ -31,7 +34,7 @@ class RunList:
         self.picker = widgets.Dropdown(description='Run', layout=control_layout(), style=label)
         self.axis = widgets.Dropdown(description='x axis', options=[(name, axis) for axis, name in X_AXES.items()],
                                      layout=control_layout(), style=label)
-        self.widget = widgets.Box([self.picker, self.axis], layout=GRID)
+        self.widget = widgets.Box([self.picker, self.axis], layout=grid_layout())
         self._quiet = False
         self.picker.observe(self._picked, 'value')
         self.axis.observe(lambda change: on_axis(change['new']), 'value')

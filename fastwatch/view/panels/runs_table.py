@@ -1,7 +1,7 @@
 """The store's runs side by side (`RunsTable`): a row a run with every column of `RunSummary.columns()`, sorted by
 any column, filtered by text and state, a page of rows at a time. A row's name opens the run; its tick overlays the
-run on the shown run's charts. Rows are a fixed set of widgets whose values change: a store of 1,000 runs costs the
-page what a store of 20 does."""
+run on the shown run's charts. A page's rows are widgets made once (`Pool`) whose values change: a store of 1,000 runs
+costs the page what a store of 20 does, and a store of one run what one row does."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -12,6 +12,7 @@ from ...formats import format_column
 from ...store.records import STATES
 from ...store.runs_table import RunSummary, sort_rows
 from ..html import escape
+from .pool import Pool
 
 ROWS_PER_PAGE = 20
 CELL_WIDTH = 112  # px a column
@@ -49,18 +50,15 @@ class RunRow:
         self.tick = widgets.Checkbox(indent=False, layout=widgets.Layout(width='28px', min_width='28px'))
         self.open = widgets.Button(layout=widgets.Layout(width='180px', min_width='180px'))
         self.cells = widgets.HTML()
-        self.widget = widgets.HBox([self.tick, self.open, self.cells], layout=widgets.Layout(display='none'))
+        self.widget = widgets.HBox([self.tick, self.open, self.cells])
         self.widget.add_class('fw-rt-row')
         self._quiet = False
         self.tick.observe(lambda change: self._quiet or on_tick(self.run_id, change['new']), 'value')
         self.open.on_click(lambda _: on_open(self.run_id))
 
-    def render(self, row: dict | None, columns: list[str], shown: bool, ticked: bool) -> None:
-        "Show `row` (None: hide this row)."
-        if row is None:
-            self.run_id, self.widget.layout.display = None, 'none'
-            return
-        self.run_id, self.widget.layout.display = row['run'], None
+    def render(self, row: dict, columns: list[str], shown: bool, ticked: bool) -> None:
+        "Show `row`, a row of `RunSummary.columns()`."
+        self.run_id = row['run']
         self._quiet = True
         try: self.tick.value, self.tick.disabled = ticked and not shown, shown
         finally: self._quiet = False
@@ -114,8 +112,10 @@ class RunsTable:
                                widgets.HTML('<b>run</b>', layout=widgets.Layout(width='180px', min_width='180px')),
                                self.header])
         header.add_class('fw-rt-header')
-        self.rows = [RunRow(self._ticked, self._opened) for _ in range(rows_per_page)]
-        self.widget = widgets.VBox([controls, header, *(row.widget for row in self.rows)])
+        self.above_rows = (controls, header)
+        self.rows: list[RunRow] = []  # the page's rows, in order
+        self.row_pool = Pool(lambda: RunRow(self._ticked, self._opened))
+        self.widget = widgets.VBox(self.above_rows)
         self.widget.add_class('fw-runs-table')
         for control in (self.filter, self.state, self.sort, self.descending):
             control.observe(lambda _: self._turn(0), 'value')
@@ -128,15 +128,14 @@ class RunsTable:
         if shown is not None: self.shown = shown
         self._draw()
 
-    def visible(self) -> list[dict]:
-        "The rows that pass the filters, sorted: every page of them."
-        rows = [summary.columns() for summary in self.summaries]
-        rows = [row for row in rows if matches(row, self.filter.value.strip(), self.state.value)]
+    def visible(self, every: list[dict]) -> list[dict]:
+        "The rows of `every` (a row a run) that pass the filters, sorted: every page of them."
+        rows = [row for row in every if matches(row, self.filter.value.strip(), self.state.value)]
         return sort_rows(rows, self.sort.value, self.descending.value)
 
     def _draw(self) -> None:
-        rows = self.visible()
-        columns = shown_columns([summary.columns() for summary in self.summaries])
+        every = [summary.columns() for summary in self.summaries]
+        rows, columns = self.visible(every), shown_columns(every)
         if list(self.sort.options) != ['started', *[c for c in columns if c != 'started']]:
             self.sort.options = ['started', *[c for c in columns if c != 'started']]
         pages = max(1, -(-len(rows) // self.rows_per_page))
@@ -144,9 +143,11 @@ class RunsTable:
         first = self.page * self.rows_per_page
         on_page = rows[first:first + self.rows_per_page]
         self.header.value = cells_html(columns)
-        for slot, row in zip(self.rows, on_page + [None] * (self.rows_per_page - len(on_page))):
-            slot.render(row, columns, row is not None and row['run'] == self.shown,
-                        row is not None and row['run'] in self.overlaid)
+        self.rows = self.row_pool.take(len(on_page))
+        for slot, row in zip(self.rows, on_page):
+            slot.render(row, columns, row['run'] == self.shown, row['run'] in self.overlaid)
+        if len(self.widget.children) != len(self.above_rows) + len(self.rows):
+            self.widget.children = [*self.above_rows, *(slot.widget for slot in self.rows)]
         self.count.value = (f"<span class='fw-muted'>{first + 1}–{first + len(on_page)} of {len(rows)} runs</span>"
                             if rows else "<span class='fw-muted'>no runs match</span>")
         self.previous.disabled, self.next.disabled = self.page == 0, self.page >= pages - 1
