@@ -89,7 +89,7 @@ def test_a_store_of_several_runs_opens_on_its_table_whose_rows_open_and_overlay_
     assert {run for run, _ in view.chart_grid.charts['loss'].sources} == {newest, older}
     assert view.chart_grid.charts['loss'].points(older, 'smooth_loss') == view.store.counts(older)['batches']
     view.run_list.picker.value = older
-    assert list(view.feeds) == [older] and view.runs_table.overlaid == () and not rows[1].tick.value
+    assert list(view.feeds) == [older] and view.overlay == () and not rows[1].tick.value
 
 
 def test_charts_over_steps_go_over_epochs_or_seconds_and_runs_of_other_lengths_line_up_by_epoch(trained, dls,

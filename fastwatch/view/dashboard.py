@@ -65,7 +65,8 @@ class Dashboard:
         self.reads = StoreReads(on_error=self.status.error)
         self.header, self.alerts = Header(), AlertList()
         self.run_list = RunList(on_show=self.show, on_axis=self.set_axis)
-        self.runs_table = RunsTable(on_open=self.show, on_overlay=lambda overlay: self.show(self.run_id, overlay))
+        self.runs_table = RunsTable(on_open=self.show, on_overlay=lambda overlay: self.show(self.run_id, overlay),
+                                    overlaid=lambda: self._wanted[1:])
         self.drawn = Drawn()  # the page's first drawing, which following the store and reading its items wait for
         self.chart_grid = ChartGrid(COMPACT_CHARTS if compact else CHARTS, on_drawn=self.drawn.set)
         self.epoch_panel = EpochPanel(store, self.reads)
@@ -81,7 +82,6 @@ class Dashboard:
                                     self.run_view], layout=widgets.Layout(width='100%'))
         self.widget.add_class('fastwatch')
         self.run_id: str | None = None
-        self.overlay: tuple[str, ...] = ()
         self._wanted: tuple[str, ...] = ()  # the runs of the latest `show`
         self.feeds: dict[str, RunFeed] = {}  # the shown run's first, then the runs overlaid on it
         self.task: asyncio.Task | None = None
@@ -97,6 +97,11 @@ class Dashboard:
         with self.reads.at_once():  # the page's first render has the whole view, as a page without a kernel would
             if self.run_list.picker.value: self.show(self.run_list.picker.value)
             else: self._waiting()
+
+    @property
+    def overlay(self) -> tuple[str, ...]:
+        "The runs drawn over the shown run."
+        return tuple(self.feeds)[1:]
 
     def _runs_only(self) -> None:
         "Show the runs table alone, until a run is opened from it."
@@ -114,7 +119,6 @@ class Dashboard:
     def show(self, run_id: str, overlay: tuple[str, ...] = ()) -> None:
         "Show a run, with others overlaid on its charts; a later call supersedes one whose read has not started."
         ids = [run_id, *[i for i in overlay if i != run_id]]
-        self.runs_table.overlaid = tuple(ids[1:])
         self._wanted = wanted = tuple(ids)
 
         def read() -> tuple[dict[str, RunFeed], dict[str, dict]] | None:
@@ -129,7 +133,7 @@ class Dashboard:
         if self.run_id is not None: self.show(self.run_id, self.overlay)
 
     def _show(self, run_id: str, feeds: dict[str, RunFeed], snapshots: dict[str, dict]) -> None:
-        self.run_id, self.overlay, self.feeds = run_id, tuple(feeds)[1:], feeds
+        self.run_id, self.feeds = run_id, feeds
         self.run_list.render(self.runs.runs, run_id)
         if 'runs_table' in self.layout: self.runs_table.render(self.runs.summaries, run_id)
         self.run_view.layout.display = None

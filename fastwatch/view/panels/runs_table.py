@@ -76,7 +76,8 @@ def cells_html(texts: list[str], kind: str = '') -> str:
 
 class RunsTable:
     """The runs table. `on_open(run_id)` when a run's name is clicked, `on_overlay(run_ids)` when the ticks change;
-    `render(summaries, shown)` shows the store's runs as they are now, keeping sort, filters, page and ticks."""
+    `overlaid()` the runs asked to be overlaid, which are ticked (the dashboard keeps them). `render(summaries, shown)`
+    shows the store's runs as they are now, keeping sort, filters and page."""
     css = """
 .fw-runs-table { width: 100%; overflow-x: auto; }
 .fw-rt-controls { display: flex; flex-wrap: wrap; gap: 6px; align-items: center; }
@@ -89,11 +90,10 @@ class RunsTable:
 """
 
     def __init__(self, on_open: Callable[[str], None], on_overlay: Callable[[tuple[str, ...]], None],
-                 rows_per_page: int = ROWS_PER_PAGE):
-        self.on_open, self.on_overlay, self.rows_per_page = on_open, on_overlay, rows_per_page
+                 overlaid: Callable[[], tuple[str, ...]], rows_per_page: int = ROWS_PER_PAGE):
+        self.on_open, self.on_overlay, self.overlaid, self.rows_per_page = on_open, on_overlay, overlaid, rows_per_page
         self.summaries: list[RunSummary] = []
         self.shown: str | None = None
-        self.overlaid: tuple[str, ...] = ()
         self.page = 0
         self.filter = widgets.Text(placeholder='filter: name, model, setting…', layout=widgets.Layout(width='240px'))
         self.state = widgets.Dropdown(options=[ANY_STATE, *STATES], layout=widgets.Layout(width='130px'))
@@ -123,7 +123,7 @@ class RunsTable:
         self.next.on_click(lambda _: self._turn(self.page + 1))
 
     def render(self, summaries: list[RunSummary], shown: str | None = None) -> None:
-        "Show `summaries` (every run of the store) with `shown` open (None: as it was) and `overlaid` ticked."
+        "Show `summaries` (every run of the store) with `shown` open (None: as it was) and the overlaid runs ticked."
         self.summaries = summaries
         if shown is not None: self.shown = shown
         self._draw()
@@ -145,7 +145,7 @@ class RunsTable:
         self.header.value = cells_html(columns)
         self.rows = self.row_pool.take(len(on_page))
         for slot, row in zip(self.rows, on_page):
-            slot.render(row, columns, row['run'] == self.shown, row['run'] in self.overlaid)
+            slot.render(row, columns, row['run'] == self.shown, row['run'] in self.overlaid())
         if len(self.widget.children) != len(self.above_rows) + len(self.rows):
             self.widget.children = [*self.above_rows, *(slot.widget for slot in self.rows)]
         self.count.value = (f"<span class='fw-muted'>{first + 1}–{first + len(on_page)} of {len(rows)} runs</span>"
@@ -157,9 +157,8 @@ class RunsTable:
         self._draw()
 
     def _ticked(self, run_id: str, ticked: bool) -> None:
-        overlaid = [i for i in self.overlaid if i != run_id] + ([run_id] if ticked else [])
-        self.overlaid = tuple(overlaid)
-        self.on_overlay(self.overlaid)
+        overlaid = [i for i in self.overlaid() if i != run_id] + ([run_id] if ticked else [])
+        self.on_overlay(tuple(overlaid))
 
     def _opened(self, run_id: str) -> None:
         self.shown = run_id
