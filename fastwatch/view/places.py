@@ -12,7 +12,9 @@ from .html import escape
 
 RETRY_SECONDS = 2
 TICKET = 'wait'  # the query parameter of a waiting page's ticket
-FORGOTTEN_SECONDS = 5 * RETRY_SECONDS  # a ticket not asked for again this long is a page that was closed
+# A ticket not asked for again this long is a closed page: many retries long, so that a page whose browser is too busy
+# to ask in time keeps its place.
+FORGOTTEN_SECONDS = 15 * RETRY_SECONDS
 
 
 @dataclass
