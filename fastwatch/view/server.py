@@ -68,6 +68,9 @@ class PageHandler(TornadoVoilaHandler):
 
     @authenticated
     async def get(self, path=None):
+        if path:  # a file beside the page (the browser's /favicon.ico): Voila redirects it, no kernel, no place
+            await super().get(path)
+            return
         server: DashboardServer = self.settings['fastwatch_server']
         ticket = self.get_query_argument(TICKET, None)
         self._forget_ticket()
