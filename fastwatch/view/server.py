@@ -78,8 +78,7 @@ class PageHandler(TornadoVoilaHandler):
         admission = server.places.ask(int(ticket) if ticket and ticket.isdigit() else None, viewers,
                                       server.starting)
         if not admission.admitted:
-            query = urlencode([*((k, v.decode()) for k, values in self.request.query_arguments.items()
-                                 for v in values), (TICKET, admission.ticket)])
+            query = '&'.join(filter(None, [self.request.query, urlencode({TICKET: admission.ticket})]))
             self.set_status(503)
             self.set_header('Retry-After', str(RETRY_SECONDS))
             self.set_header('Cache-Control', 'no-store')
