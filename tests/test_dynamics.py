@@ -21,7 +21,9 @@ from fastwatch import WatchCallback, open_store
 from fastwatch.demo.digits import digits_dls, digits_learner, mislabel
 from fastwatch.record.dynamics import SUSPECT_IMAGES
 from fastwatch.record.thumbnails import file_thumbnail
-from fastwatch.store.dynamics import SPLITS, ItemValues, read_data_map
+from fastwatch.store.decisions import current, decide
+from fastwatch.store.dynamics import SPLITS, ItemValues, item_thumbnails, read_data_map
+from fastwatch.view.feed import ItemsFeed
 
 
 class KeepWeights(Callback):
@@ -186,3 +188,48 @@ def test_an_epoch_cancelled_mid_way_leaves_the_next_epochs_items_their_own(few_d
     losses = [loss for loss, e in zip(batches['loss'], batches['epoch']) if e == epoch]
     assert values.seen.sum() == len(losses) * dls.train.bs == len(dls.train) * dls.train.bs
     assert np.nanmean(values.loss) == pytest.approx(np.mean(losses), rel=1e-5)
+
+
+class ReadsTheItemsEachEpoch(Callback):
+    "The Items panel's feeds of the run, one a split, read at each epoch's end once fastwatch has written the epoch."
+    order = WatchCallback.order + 1
+
+    def __init__(self, path):
+        self.path, self.feeds, self.new = path, {}, []
+
+    def after_epoch(self):
+        watch = self.learn.watch
+        assert watch.writer.flush(60)
+        first = not self.feeds
+        if first: self.feeds = {split: ItemsFeed(open_store(self.path, readonly=True), watch.run_id, split)
+                                for split in SPLITS}
+        for split, feed in self.feeds.items():
+            held = {table.name: len(rows) for table, rows in feed.held.items()}
+            read = feed.read()
+            self.new.append((split, {table.name: len(rows) - held[table.name] for table, rows in feed.held.items()}))
+        if first:  # the owner decides about the valid split's top suspect
+            index = int(read.found.suspects()[0])
+            decide(open_store(self.path), watch.run_id, 'valid', index, read.found.name(index), 'delete')
+
+
+def test_the_items_panel_reads_only_the_rows_recorded_since_its_last_read(few_digits, tmp_path):
+    """Each read of a split's items asks only for the rows after those it holds: one epoch's values a split each
+    epoch, each decision once; what it shows is what reading the whole run at once gives."""
+    path = tmp_path / 'runs.db'
+    reads = ReadsTheItemsEachEpoch(path)
+    learn = train(digits_dls(few_digits, bs=16), path, epochs=2, extra_cbs=[reads])
+    store, run_id = open_store(path), learn.watch.run_id
+    assert [new['item_epochs'] for _, new in reads.new] == [1] * 6  # 3 epochs, 2 splits
+    assert [new['decisions'] for split, new in reads.new if split == 'valid'] == [0, 1, 0]
+    assert [new['items'] for split, new in reads.new] == [1, 1, 0, 0, 0, 0]
+    assert [new['top_losses'] for split, new in reads.new if split == 'valid'] == [
+        len(store.rows('top_losses', run_id, epoch=epoch)) for epoch in (0, 1, 2)]
+    for split, feed in reads.feeds.items():
+        shown, whole = feed.read(), read_data_map(store, run_id, split)
+        assert shown.found.epochs == whole.epochs == [0, 1, 2] and shown.found.names == whole.names
+        for name in ('confidence', 'variability', 'correctness', 'aum', 'score'):
+            np.testing.assert_array_equal(getattr(shown.found, name), getattr(whole, name))
+        assert shown.found.suspects().tolist() == whole.suspects().tolist()
+        assert shown.images == item_thumbnails(store, run_id, split)
+        assert shown.decided == current(store.rows('decisions', run_id)) and len(shown.decided) == 1
+        assert shown.vocab == [str(v) for v in store.run(run_id).vocab] and all(shown.vocab)

@@ -157,8 +157,12 @@ def item_names(store, run_id: str, split: str) -> list[str]:
 def item_thumbnails(store, run_id: str, split: str, epoch: int | None = None) -> dict[int, tuple]:
     """A split's thumbnails by item index, rows with `image`, `image_type` and `text`: its suspects'
     (`item_images`) and, for the valid split, its top losses' (of `epoch`, or of every epoch, the latest kept)."""
-    found = {row.item_index: row for row in store.rows(item_images, run_id, split=split)}
-    if split == 'valid':
-        rows = store.rows(top_losses, run_id, **({} if epoch is None else {'epoch': epoch}))
-        found.update((row.item_index, row) for row in rows)
+    losses = store.rows(top_losses, run_id, **({} if epoch is None else {'epoch': epoch})) if split == 'valid' else []
+    return thumbnails(store.rows(item_images, run_id, split=split), losses)
+
+
+def thumbnails(images: list, losses: list) -> dict[int, tuple]:
+    "Thumbnails by item index from a split's `item_images` rows and top-loss rows, in order (the latest kept)."
+    found = {row.item_index: row for row in images}
+    found.update((row.item_index, row) for row in losses)
     return found

@@ -1,6 +1,7 @@
 """What a dashboard knows of a store, and what is new in it since: `RunFeed` for one run (its record, batch
-series, epochs, alerts), `RunsFeed` for the store's list of runs. Each keeps its cursors, so that a poll reads only
-what is new, one query a table; `RunsFeed` looks at a store where nothing runs with one cheap query.
+series, epochs, alerts), `ItemsFeed` for the items of one split of a run, `RunsFeed` for the store's list of runs.
+Each keeps its cursors, so that a poll reads only what is new, one query a table; `RunsFeed` looks at a store where
+nothing runs with one cheap query.
 
 Feeds only read (they are called away from the kernel's event loop, `reads.py`); panels render what they return.
 """
@@ -9,8 +10,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..store import RunRecord, Store
+from ..store.decisions import current
+from ..store.dynamics import DataMap, data_map, thumbnails
 from ..store.runs_table import RunSummary, run_summaries
-from ..store.tables import AlertRow, BatchRow, EpochRow, SystemRow, system
+from ..store.tables import (
+    AlertRow,
+    BatchRow,
+    DecisionRow,
+    EpochRow,
+    RunTable,
+    SystemRow,
+    decisions,
+    item_epochs,
+    item_images,
+    items,
+    system,
+    top_losses,
+)
+from .html import class_label
 from .timeline import Timeline, epoch_bounds, timeline
 
 MAX_POINTS = 2000  # points per series sent to the browser; more are downsampled (min/max buckets)
@@ -134,6 +151,43 @@ class RunFeed:
         self.system += update.system
         update.timeline = self.timeline()
         return update
+
+
+@dataclass
+class ItemsRead:
+    "What the Items panel shows of a split: its data map, its thumbnails, the run's decisions and classes."
+    split: str
+    found: DataMap | None
+    images: dict[int, tuple]  # thumbnails by item index (`dynamics.thumbnails`)
+    decided: dict[tuple[str, str], DecisionRow]
+    vocab: list[str]
+
+    def label(self, c: int) -> str: return class_label(self.vocab, c)
+
+
+class ItemsFeed:
+    """The items of one split of a run: `read()` reads the rows recorded since the last read, one query a table, and
+    gives the split's data map, thumbnails and decisions from every row read so far."""
+
+    def __init__(self, store: Store, run_id: str, split: str):
+        self.store, self.run_id, self.split = store, run_id, split
+        self.tables: dict[RunTable, dict] = {items: {'split': split}, item_epochs: {'split': split},
+                                             item_images: {'split': split}, decisions: {}}
+        if split == 'valid': self.tables[top_losses] = {}  # the valid split's top losses have thumbnails too
+        self.held: dict[RunTable, list] = {table: [] for table in self.tables}
+        self.vocab: list[str] = []
+
+    def read(self) -> ItemsRead:
+        "Read what was recorded since the last read; what the split shows now."
+        for table, equal in self.tables.items():
+            held = self.held[table]
+            held += self.store.rows(table, self.run_id, since=getattr(held[-1], table.cursor) if held else None,
+                                    **equal)
+        if not self.vocab: self.vocab = [str(v) for v in self.store.run(self.run_id).vocab or []]
+        names = self.held[items]
+        return ItemsRead(self.split, data_map(self.split, self.held[item_epochs], names[0] if names else None),
+                         thumbnails(self.held[item_images], self.held.get(top_losses, [])),
+                         current(self.held[decisions]), self.vocab)
 
 
 class RunsFeed:

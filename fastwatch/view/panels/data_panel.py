@@ -5,18 +5,18 @@ history, and the decisions about items (`store.decisions`). Only the run's owner
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import ipywidgets as widgets
 
 from ...errors import StoreError
 from ...store import Store, open_store
-from ...store.decisions import ACTIONS, UNDO, current, decide, decision_text
-from ...store.dynamics import SPLITS, DataMap, item_thumbnails, read_data_map
+from ...store.decisions import ACTIONS, UNDO, decide, decision_text
+from ...store.dynamics import SPLITS
 from ...store.tables import DecisionRow
 from ..charts import DataMapChart
 from ..drawn import Drawn
-from ..html import class_label, escape, value_text
+from ..feed import ItemsFeed, ItemsRead
+from ..html import escape, value_text
 from ..reads import StoreReads
 from .chart_grid import ChartWidget
 from .epoch_panel import decision_html, thumbnail_html
@@ -37,18 +37,6 @@ class OwnerDecisions:
     def __call__(self, run_id: str, split: str, index: int, item: str, action: str, label: str | None) -> DecisionRow:
         if self.store is None: self.store = open_store(self.location)
         return decide(self.store, run_id, split, index, item, action, label)
-
-
-@dataclass
-class ItemsRead:
-    "What one read of the store gives the panel: a split's data map, its thumbnails, the run's decisions."
-    split: str
-    found: DataMap | None
-    images: dict[int, tuple]  # thumbnails by item index (`dynamics.item_thumbnails`)
-    decided: dict[tuple[str, str], DecisionRow]
-    vocab: list[str]
-
-    def label(self, c: int) -> str: return class_label(self.vocab, c)
 
 
 class SuspectCard:
@@ -94,6 +82,7 @@ class DataPanel:
     def __init__(self, store: Store, reads: StoreReads, drawn: Drawn, decide: Decide | None = None):
         self.store, self.reads, self.drawn, self.decide = store, reads, drawn, decide
         self.run_id: str | None = None
+        self.feeds: dict[str, ItemsFeed] = {}  # the shown run's, by split
         self.read: ItemsRead | None = None
         self.page = 0
         self.split = widgets.ToggleButtons(options=SPLITS)
@@ -124,19 +113,17 @@ class DataPanel:
     # --- reading ----------------------------------------------------------------------------------------
     def show_run(self, run_id: str) -> None:
         "Show a run's items: in a kernel, once the page has drawn its charts (`drawn`), outside one at once."
-        self.run_id, self.page = run_id, 0
+        self.run_id, self.page, self.feeds = run_id, 0, {}
         self.drawn.then(self.refresh)
 
     def refresh(self) -> None:
-        "Read the split's items again (a new epoch, a decision) and show them."
-        run_id, split = self.run_id, self.split.value
-        if run_id is None: return
-        self.reads.then(lambda: self._read(run_id, split), lambda read: run_id == self.run_id and self._render(read))
+        "Read what is new of the split's items (a new epoch, a decision) and show them."
+        split = self.split.value
+        if self.run_id is None: return
+        if split not in self.feeds: self.feeds[split] = ItemsFeed(self.store, self.run_id, split)
+        feed = self.feeds[split]
+        self.reads.then(feed.read, lambda read: feed is self.feeds.get(split) and self._render(read))
 
-    def _read(self, run_id: str, split: str) -> ItemsRead:
-        store = self.store
-        return ItemsRead(split, read_data_map(store, run_id, split), item_thumbnails(store, run_id, split),
-                         current(store.rows('decisions', run_id)), [str(v) for v in store.run(run_id).vocab or []])
 
     # --- showing ----------------------------------------------------------------------------------------
     def _render(self, read: ItemsRead) -> None:
