@@ -42,6 +42,11 @@ REFILL_DELAY_SECONDS = 3
 # How long Voila waits for a cell's output once the cell has run (nbclient's default is 4 s). Past it the output is
 # dropped and the page never draws: on a machine busy with a training and many pages, waiting longer is the fix.
 OUTPUT_WAIT_SECONDS = 120
+# The JupyterLab extensions the page loads: the widgets' (Voila keeps the manager of the ipywidgets installed) and
+# the charts'. Others installed beside them (code highlighting, the notebook's own, a user's) would each add scripts
+# to every page.
+PAGE_EXTENSIONS = ('@jupyter-widgets/jupyterlab-manager', '@voila-dashboards/widgets-manager7',
+                   '@voila-dashboards/widgets-manager8', '@bokeh/jupyter_bokeh')
 VIEWER_MB = 150  # what a viewer's kernel may grow to: --max-viewers is sized by it from the machine's memory
 
 
@@ -169,7 +174,7 @@ def voila_argv(port: int, host: str, token: str, max_viewers: int = 0,
     return [str(APP), '--no-browser', f'--port={port}', f'--Voila.ip={host}', f'--token={token}',
             '--preheat_kernel=True', f'--pool_size={preheated}',
             f'--VoilaKernelManager.fill_delay={REFILL_DELAY_SECONDS}', '--Voila.log_level=WARN',
-            '--VoilaConfiguration.extension_denylist=jupyterlab_pygments',  # code highlighting: no code is shown
+            *(f'--VoilaConfiguration.extension_allowlist={name}' for name in PAGE_EXTENSIONS),
             f'--MappingKernelManager.cull_idle_timeout={IDLE_KERNEL_SECONDS}',
             '--MappingKernelManager.cull_interval=60',
             '--KernelManager.transport=ipc',  # local sockets: no kernel traffic on TCP, and no warning that there is
