@@ -7,8 +7,7 @@ second the N pages add while they follow the run (every statement the server's k
 `sitecustomize` module on their path that listens to SQLAlchemy's `before_cursor_execute`, over `--window` s once
 the pages have drawn, less the same count with no page open).
 
-    python benchmarks/bench_viewers.py [--viewers 1 3 10] [--limit 300] [--window 20] [--preheated N]
-                                       [--max-starting N]
+    python benchmarks/bench_viewers.py [--viewers 1 3 10] [--limit 300] [--window 20] [--max-starting N]
 
 `--max-starting`: the pages the server renders at once (`DashboardServer.max_starting`; the others wait for a
 place); default the server's.
@@ -90,8 +89,6 @@ def main() -> None:
     parser.add_argument('--viewers', type=int, nargs='+', default=[1, 3, 10])
     parser.add_argument('--limit', type=float, default=300, help='seconds a page may take to draw')
     parser.add_argument('--window', type=float, default=20, help='seconds over which the queries are counted')
-    parser.add_argument('--preheated', type=int, default=PREHEATED_KERNELS,
-                        help='kernels the server keeps ready (fastwatch serve --preheated)')
     parser.add_argument('--max-starting', type=int, default=0, help="pages rendered at once (0: the server's default)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as playwright:
@@ -101,13 +98,12 @@ def main() -> None:
         counting, counts = counting_queries(folder / 'counting')
         browser = launch(playwright)
         config = {'DashboardServer': {'max_starting': args.max_starting}} if args.max_starting else None
-        with served(store, folder, config=config, env=counting,
-                    args=('--preheated', str(args.preheated))) as url:
+        with served(store, folder, config=config, env=counting) as url:
             trainer = train_in_background(digits, store, epochs=200, name='watched')
             try:
                 wait_for(lambda: open_store(store, readonly=True).runs(), timeout=120)
                 for n in args.viewers:
-                    wait_for(lambda: len(kernels(url)) <= args.preheated, timeout=120)  # the last ones closed
+                    wait_for(lambda: len(kernels(url)) <= PREHEATED_KERNELS, timeout=120)  # the last ones closed
                     time.sleep(10)  # the spares ready, as before visitors come
                     unwatched = queries_per_second(counts, args.window)
                     times, memory, queries = open_at_once(browser, url, n, args.limit,

@@ -87,15 +87,13 @@ def test_the_loss_series_grows_while_another_process_trains(site, page, digits_p
 
 
 def test_a_closed_page_shuts_its_small_kernel_down(site, browser, digits_path, tmp_path):
-    """Closing the tab shuts its kernel down at once: long before the server would take it for abandoned. The
-    server keeps the kernels `--preheated` asks for ready, and one of them takes the page."""
+    "Closing the tab shuts its kernel down at once: long before the server would take it for abandoned."
     trainer = train_in_background(digits_path, site['store'], epochs=3, name='closed page')
     store = open_store(site['store'], readonly=True)
     wait_for(lambda: [run for run in store.runs() if run.state == 'live'] or trainer.poll() is not None)
     assert trainer.poll() is None, 'the training ended before it was seen'
-    # Its own server: only this page's kernels, abandoned after 60 s.
-    with served(site['store'], tmp_path, args=('--preheated', str(PREHEATED_KERNELS + 1))) as url:
-        preheated = wait_for(lambda: len(found := kernels(url)) == PREHEATED_KERNELS + 1 and found)
+    with served(site['store'], tmp_path) as url:  # its own server: only this page's kernels, abandoned after 60 s
+        preheated = wait_for(lambda: len(found := kernels(url)) == PREHEATED_KERNELS and found)
         context = browser.new_context()
         page = context.new_page()
         open_dashboard(page, with_query(url, run=store.runs()[0].id))  # its kernel follows the live run
@@ -103,7 +101,7 @@ def test_a_closed_page_shuts_its_small_kernel_down(site, browser, digits_path, t
         assert viewer in preheated and kernels(url)[viewer] < 150  # MB: the viewer's kernel, at its peak
         page.close(run_before_unload=True)  # as a tab is closed
         wait_for(lambda: viewer not in kernels(url), timeout=45)  # the page's beacon, not the 60 s orphan sweep
-        wait_for(lambda: len(kernels(url)) == PREHEATED_KERNELS + 1)  # refilled, for the next pages
+        wait_for(lambda: len(kernels(url)) == PREHEATED_KERNELS)  # refilled: only preheated ones, for the next pages
         context.close()
     assert trainer.wait(120) == 0
 

@@ -65,8 +65,6 @@ def test_bad_input_is_one_clear_line(trained, tmp_path):
     one_line_error(fastwatch('show', 'x', '--store', str(tmp_path / 'notes.txt')), 'show', 'cannot open store')
     one_line_error(fastwatch('serve', '--store', str(trained['path']), '--max-viewers', '-1'), 'serve',
                    '--max-viewers takes a number of pages, not -1')
-    one_line_error(fastwatch('serve', '--store', str(trained['path']), '--preheated', '-2'), 'serve',
-                   '--preheated takes a number of kernels, not -2')
 
 
 def test_unknown_command_and_help():

@@ -168,11 +168,10 @@ def _started_kernels(manager) -> list[dict]:
     return models
 
 
-def voila_argv(port: int, host: str, token: str, max_viewers: int = 0,
-               preheated: int = PREHEATED_KERNELS) -> list[str]:
-    "Voila's command line for the dashboard: `preheated` kernels (the page is ready sooner), idle ones culled."
+def voila_argv(port: int, host: str, token: str, max_viewers: int = 0) -> list[str]:
+    "Voila's command line for the dashboard: preheated kernels (the page is ready sooner), idle ones culled."
     return [str(APP), '--no-browser', f'--port={port}', f'--Voila.ip={host}', f'--token={token}',
-            '--preheat_kernel=True', f'--pool_size={preheated}',
+            '--preheat_kernel=True', f'--pool_size={PREHEATED_KERNELS}',
             f'--VoilaKernelManager.fill_delay={REFILL_DELAY_SECONDS}', '--Voila.log_level=WARN',
             *(f'--VoilaConfiguration.extension_allowlist={name}' for name in PAGE_EXTENSIONS),
             f'--MappingKernelManager.cull_idle_timeout={IDLE_KERNEL_SECONDS}',
@@ -221,14 +220,12 @@ def serve(store: str = None,  # store path or URL (default: $FASTWATCH_STORE, th
           allow_private_urls: bool = False,  # let ?store=https://... fetch from loopback and private addresses
           run: str = None,  # the run the printed URL opens (default: the page shows the newest)
           max_viewers: int = 0,  # pages open at once; more wait for a place (default: as many as half the memory holds)
-          preheated: int = PREHEATED_KERNELS,  # kernels kept ready for the next pages (about 100 MB each)
           ) -> None:
     """Serve the live dashboard of a store with Voila and print its URL, with the token it requires (Ctrl-C
     stops)."""
     url = _checked_url(store)
     check_port(host, port)
     if max_viewers < 0: raise UsageError(f'--max-viewers takes a number of pages, not {max_viewers}')
-    if preheated < 0: raise UsageError(f'--preheated takes a number of kernels, not {preheated}')
     folder, secret = _root_folder(root), secrets.token_urlsafe(24)
     downloads = tempfile.mkdtemp(prefix='fastwatch-serve-')  # 0700, this server's alone
     ipython = quiet_kernels()
@@ -241,7 +238,7 @@ def serve(store: str = None,  # store path or URL (default: $FASTWATCH_STORE, th
                        OWNER_ENV: '1', 'IPYTHONDIR': ipython})
     print(f'fastwatch dashboard of {display_location(url)}\n  open {dashboard_url(host, port, secret, run)}\n'
           '  Ctrl-C stops it', flush=True)
-    try: DashboardServer.launch_instance(argv=voila_argv(port, host, secret, max_viewers, preheated))
+    try: DashboardServer.launch_instance(argv=voila_argv(port, host, secret, max_viewers))
     except KeyboardInterrupt: pass
     finally:
         for private in (downloads, ipython): shutil.rmtree(private, ignore_errors=True)
