@@ -23,6 +23,7 @@ from fastwatch.record.dynamics import SUSPECT_IMAGES
 from fastwatch.record.thumbnails import file_thumbnail
 from fastwatch.store.decisions import current, decide
 from fastwatch.store.dynamics import SPLITS, ItemValues, item_thumbnails, read_data_map
+from fastwatch.store.tables import top_losses
 from fastwatch.view.feed import ItemsFeed
 
 
@@ -190,8 +191,17 @@ def test_an_epoch_cancelled_mid_way_leaves_the_next_epochs_items_their_own(few_d
     assert np.nanmean(values.loss) == pytest.approx(np.mean(losses), rel=1e-5)
 
 
+def read_counting(feed: ItemsFeed) -> tuple:
+    "A feed's read, and how many rows it got from the store, by table."
+    got, rows = {}, feed.store.rows
+    feed.store.rows = lambda table, *args, **kwargs: got.setdefault(table.name, rows(table, *args, **kwargs))
+    try: return feed.read(), {table: len(found) for table, found in got.items()}
+    finally: feed.store.rows = rows
+
+
 class ReadsTheItemsEachEpoch(Callback):
-    "The Items panel's feeds of the run, one a split, read at each epoch's end once fastwatch has written the epoch."
+    """The Items panel's feeds of the run, one a split, read at each epoch's end once fastwatch has written the epoch;
+    `new`: the rows each read got, by table."""
     order = WatchCallback.order + 1
 
     def __init__(self, path):
@@ -204,9 +214,8 @@ class ReadsTheItemsEachEpoch(Callback):
         if first: self.feeds = {split: ItemsFeed(open_store(self.path, readonly=True), watch.run_id, split)
                                 for split in SPLITS}
         for split, feed in self.feeds.items():
-            held = {table.name: len(rows) for table, rows in feed.held.items()}
-            read = feed.read()
-            self.new.append((split, {table.name: len(rows) - held[table.name] for table, rows in feed.held.items()}))
+            read, got = read_counting(feed)
+            self.new.append((split, got))
         if first:  # the owner decides about the valid split's top suspect
             index = int(read.found.suspects()[0])
             decide(open_store(self.path), watch.run_id, 'valid', index, read.found.name(index), 'delete')
@@ -222,6 +231,7 @@ def test_the_items_panel_reads_only_the_rows_recorded_since_its_last_read(few_di
     assert [new['item_epochs'] for _, new in reads.new] == [1] * 6  # 3 epochs, 2 splits
     assert [new['decisions'] for split, new in reads.new if split == 'valid'] == [0, 1, 0]
     assert [new['items'] for split, new in reads.new] == [1, 1, 0, 0, 0, 0]
+    assert all('top_losses' not in new for split, new in reads.new if split == 'train')
     assert [new['top_losses'] for split, new in reads.new if split == 'valid'] == [
         len(store.rows('top_losses', run_id, epoch=epoch)) for epoch in (0, 1, 2)]
     for split, feed in reads.feeds.items():
@@ -231,5 +241,7 @@ def test_the_items_panel_reads_only_the_rows_recorded_since_its_last_read(few_di
             np.testing.assert_array_equal(getattr(shown.found, name), getattr(whole, name))
         assert shown.found.suspects().tolist() == whole.suspects().tolist()
         assert shown.images == item_thumbnails(store, run_id, split)
+        losses = store.rows('top_losses', run_id) if split == 'valid' else []
+        assert len(feed.images[top_losses]) == len({row.item_index for row in losses})  # each item's latest only
         assert shown.decided == current(store.rows('decisions', run_id)) and len(shown.decided) == 1
         assert shown.vocab == [str(v) for v in store.run(run_id).vocab] and all(shown.vocab)

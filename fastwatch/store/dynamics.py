@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import warnings
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -161,8 +162,9 @@ def item_thumbnails(store, run_id: str, split: str, epoch: int | None = None) ->
     return thumbnails(store.rows(item_images, run_id, split=split), losses)
 
 
-def thumbnails(images: list, losses: list) -> dict[int, tuple]:
-    "Thumbnails by item index from a split's `item_images` rows and top-loss rows, in order (the latest kept)."
+def thumbnails(images: Iterable[tuple], losses: Iterable[tuple]) -> dict[int, tuple]:
+    """Thumbnails by item index from a split's `item_images` rows and top-loss rows, each in order: the latest of an
+    item kept, a top loss's before a suspect's."""
     found = {row.item_index: row for row in images}
     found.update((row.item_index, row) for row in losses)
     return found

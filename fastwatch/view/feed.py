@@ -167,27 +167,32 @@ class ItemsRead:
 
 class ItemsFeed:
     """The items of one split of a run: `read()` reads the rows recorded since the last read, one query a table, and
-    gives the split's data map, thumbnails and decisions from every row read so far."""
+    gives the split's data map, thumbnails and decisions from what it holds: every item values and decision row read,
+    and the latest thumbnail of each item."""
 
     def __init__(self, store: Store, run_id: str, split: str):
         self.store, self.run_id, self.split = store, run_id, split
         self.tables: dict[RunTable, dict] = {items: {'split': split}, item_epochs: {'split': split},
                                              item_images: {'split': split}, decisions: {}}
         if split == 'valid': self.tables[top_losses] = {}  # the valid split's top losses have thumbnails too
-        self.held: dict[RunTable, list] = {table: [] for table in self.tables}
+        self.cursors: dict[RunTable, object] = {}
+        self.rows: dict[RunTable, list] = {items: [], item_epochs: [], decisions: []}
+        self.images: dict[RunTable, dict[int, tuple]] = {item_images: {}, top_losses: {}}  # by item index
         self.vocab: list[str] = []
 
     def read(self) -> ItemsRead:
         "Read what was recorded since the last read; what the split shows now."
         for table, equal in self.tables.items():
-            held = self.held[table]
-            held += self.store.rows(table, self.run_id, since=getattr(held[-1], table.cursor) if held else None,
-                                    **equal)
+            new = self.store.rows(table, self.run_id, since=self.cursors.get(table), **equal)
+            if not new: continue
+            self.cursors[table] = getattr(new[-1], table.cursor)
+            if table in self.images: self.images[table].update((row.item_index, row) for row in new)
+            else: self.rows[table] += new
         if not self.vocab: self.vocab = [str(v) for v in self.store.run(self.run_id).vocab or []]
-        names = self.held[items]
-        return ItemsRead(self.split, data_map(self.split, self.held[item_epochs], names[0] if names else None),
-                         thumbnails(self.held[item_images], self.held.get(top_losses, [])),
-                         current(self.held[decisions]), self.vocab)
+        names = self.rows[items]
+        return ItemsRead(self.split, data_map(self.split, self.rows[item_epochs], names[0] if names else None),
+                         thumbnails(self.images[item_images].values(), self.images[top_losses].values()),
+                         current(self.rows[decisions]), self.vocab)
 
 
 class RunsFeed:
