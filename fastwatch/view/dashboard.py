@@ -243,6 +243,7 @@ def page_dashboard(environ: Mapping[str, str] = os.environ) -> widgets.Widget:
         return likely.widget
     if likely is not None:
         widgets.Widget.close_all()  # the guess's are the only widgets of a kernel that waited for its page
+        likely.reads.close()
         likely.store.close()
     return dashboard(query, environ)
 

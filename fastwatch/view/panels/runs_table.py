@@ -143,9 +143,9 @@ class RunsTable:
         first = self.page * self.rows_per_page
         on_page = rows[first:first + self.rows_per_page]
         self.header.value = cells_html(columns)
-        self.rows = self.row_pool.take(len(on_page))
+        self.rows, overlaid = self.row_pool.take(len(on_page)), self.overlaid()
         for slot, row in zip(self.rows, on_page):
-            slot.render(row, columns, row['run'] == self.shown, row['run'] in self.overlaid())
+            slot.render(row, columns, row['run'] == self.shown, row['run'] in overlaid)
         if len(self.widget.children) != len(self.above_rows) + len(self.rows):
             self.widget.children = [*self.above_rows, *(slot.widget for slot in self.rows)]
         self.count.value = (f"<span class='fw-muted'>{first + 1}–{first + len(on_page)} of {len(rows)} runs</span>"
