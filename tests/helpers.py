@@ -98,3 +98,32 @@ def copy_run(source, run_id: str, target, new_id: str, name: str | None = None, 
     if metrics and epochs.name in rows:
         rows[epochs.name] = [row._replace(metrics=metrics(row.metrics)) for row in rows[epochs.name]]
     target.write({'runs': [record], **rows})
+
+
+def assert_map_from_numpy(found, history) -> None:
+    """That a `DataMap` is what numpy's NaN-skipping reductions make of every epoch's `ItemValues` (in order), in
+    float64: the whole-run formulas, against which the map's running statistics are checked. An epoch of fewer items
+    than the longest did not see the others."""
+    import warnings
+
+    import numpy as np
+
+    from fastwatch.store.dynamics import UNSEEN
+    n = max(len(h) for h in history)
+    stack = lambda name, fill: np.stack([np.concatenate([getattr(h, name), np.full(n - len(h), fill)])
+                                         for h in history]).astype(np.float64)
+    prob, margin, loss = stack('label_prob', np.nan), stack('margin', np.nan), stack('loss', np.nan)
+    label, predicted = stack('label', UNSEEN), stack('predicted', UNSEEN)
+    seen = label != UNSEEN
+    score = np.full(n, np.nan)  # each epoch's margin weighing half the next one's
+    for m in margin: score = np.where(np.isnan(m), score, np.where(np.isnan(score), m, (m + score) / 2))
+    latest = len(history) - 1 - seen[::-1].argmax(0)  # the latest epoch that saw each item
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)  # the mean of an item never seen is NaN
+        expected = {'confidence': np.nanmean(prob, 0), 'variability': np.nanstd(prob, 0),
+                    'correctness': np.nanmean(np.where(seen, predicted == label, np.nan), 0),
+                    'aum': np.nanmean(margin, 0), 'score': score}
+    for name, values in expected.items():
+        np.testing.assert_allclose(getattr(found, name), values, rtol=1e-9, atol=1e-12, err_msg=name)
+    np.testing.assert_array_equal(found.last.loss, np.where(seen.any(0), loss[latest, np.arange(n)], np.nan))
+    assert len(found.names) == n and len(found.history) == len(history)

@@ -7,6 +7,7 @@ import copy
 import json
 import shutil
 import warnings
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from fastai.callback.core import Callback, CancelEpochException
 from fastai.callback.mixup import MixUp
 from fastai.metrics import accuracy
 from fastai.tabular.all import CategoryBlock, Normalize, TabularDataLoaders, tabular_learner
-from helpers import cli, train
+from helpers import assert_map_from_numpy, cli, train
 from sklearn.datasets import load_wine
 
 from fastwatch import WatchCallback, open_store
@@ -192,20 +193,22 @@ def test_an_epoch_cancelled_mid_way_leaves_the_next_epochs_items_their_own(few_d
 
 
 def read_counting(feed: ItemsFeed) -> tuple:
-    "A feed's read, and how many rows it got from the store, by table."
+    "A feed's read, how many rows it got from the store (by table), and how many item values rows it unpacked."
     got, rows = {}, feed.store.rows
     feed.store.rows = lambda table, *args, **kwargs: got.setdefault(table.name, rows(table, *args, **kwargs))
-    try: return feed.read(), {table: len(found) for table, found in got.items()}
+    try:
+        with patch.object(ItemValues, 'unpack', wraps=ItemValues.unpack) as unpack:
+            return feed.read(), {table: len(found) for table, found in got.items()}, unpack.call_count
     finally: feed.store.rows = rows
 
 
 class ReadsTheItemsEachEpoch(Callback):
     """The Items panel's feeds of the run, one a split, read at each epoch's end once fastwatch has written the epoch;
-    `new`: the rows each read got, by table."""
+    `new`: the rows each read got, by table, and how many item values rows it unpacked; `maps`: each read's data map."""
     order = WatchCallback.order + 1
 
     def __init__(self, path):
-        self.path, self.feeds, self.new = path, {}, []
+        self.path, self.feeds, self.new, self.maps = path, {}, [], {split: [] for split in SPLITS}
 
     def after_epoch(self):
         watch = self.learn.watch
@@ -214,8 +217,9 @@ class ReadsTheItemsEachEpoch(Callback):
         if first: self.feeds = {split: ItemsFeed(open_store(self.path, readonly=True), watch.run_id, split)
                                 for split in SPLITS}
         for split, feed in self.feeds.items():
-            read, got = read_counting(feed)
-            self.new.append((split, got))
+            read, got, unpacked = read_counting(feed)
+            self.new.append((split, {**got, 'unpacked': unpacked}))
+            self.maps[split].append(read.found)
         if first:  # the owner decides about the valid split's top suspect
             index = int(read.found.suspects()[0])
             decide(open_store(self.path), watch.run_id, 'valid', index, read.found.name(index), 'delete')
@@ -223,19 +227,24 @@ class ReadsTheItemsEachEpoch(Callback):
 
 def test_the_items_panel_reads_only_the_rows_recorded_since_its_last_read(few_digits, tmp_path):
     """Each read of a split's items asks only for the rows after those it holds: one epoch's values a split each
-    epoch, each decision once; what it shows is what reading the whole run at once gives."""
+    epoch, each decision once, and unpacks only the new epoch's values; what it shows is what reading the whole run
+    at once gives, and each epoch's map what numpy makes of every epoch's values so far."""
     path = tmp_path / 'runs.db'
     reads = ReadsTheItemsEachEpoch(path)
     learn = train(digits_dls(few_digits, bs=16), path, epochs=2, extra_cbs=[reads])
     store, run_id = open_store(path), learn.watch.run_id
     assert [new['item_epochs'] for _, new in reads.new] == [1] * 6  # 3 epochs, 2 splits
+    assert [new['unpacked'] for _, new in reads.new] == [1] * 6
     assert [new['decisions'] for split, new in reads.new if split == 'valid'] == [0, 1, 0]
     assert [new['items'] for split, new in reads.new] == [1, 1, 0, 0, 0, 0]
     assert all('top_losses' not in new for split, new in reads.new if split == 'train')
     assert [new['top_losses'] for split, new in reads.new if split == 'valid'] == [
         len(store.rows('top_losses', run_id, epoch=epoch)) for epoch in (0, 1, 2)]
     for split, feed in reads.feeds.items():
-        shown, whole = feed.read(), read_data_map(store, run_id, split)
+        (shown, got, unpacked), whole = read_counting(feed), read_data_map(store, run_id, split)
+        assert not any(got.values()) and unpacked == 0  # nothing new: nothing unpacked again
+        history = [ItemValues.unpack(r.n_items, r.item_values) for r in store.rows('item_epochs', run_id, split=split)]
+        for epoch, found in enumerate(reads.maps[split]): assert_map_from_numpy(found, history[:epoch + 1])
         assert shown.found.epochs == whole.epochs == [0, 1, 2] and shown.found.names == whole.names
         for name in ('confidence', 'variability', 'correctness', 'aum', 'score'):
             np.testing.assert_array_equal(getattr(shown.found, name), getattr(whole, name))

@@ -15,8 +15,9 @@ class's folder this finds at least as many of them as the last epoch's loss does
 """
 from __future__ import annotations
 
-import warnings
+import copy
 import zlib
+from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
@@ -102,27 +103,94 @@ class DataMap:
     def name(self, index: int) -> str: return name_of(self.names, index)
 
 
+class _Moments:
+    "Each item's running count, mean and sum of squared deviations (Welford) of a value, NaN (not seen) skipped."
+
+    def __init__(self, n: int = 0):
+        self.count, self._mean, self._m2 = np.zeros(n, np.int64), np.zeros(n), np.zeros(n)
+
+    def add(self, x: np.ndarray) -> None:
+        # Whole arrays, the unseen items' terms zero: much faster than indexing the seen ones.
+        seen = ~np.isnan(x)
+        self.count += seen
+        delta = np.where(seen, x - self._mean, 0.0)  # float64, as the mean
+        self._mean += delta / np.maximum(self.count, 1)  # an item never seen: 0 / 1
+        self._m2 += delta * np.where(seen, x - self._mean, 0.0)
+
+    def grow(self, n: int) -> None:
+        "Room for `n` items, the new ones not seen yet."
+        more = n - len(self.count)
+        self.count = np.concatenate([self.count, np.zeros(more, np.int64)])
+        self._mean, self._m2 = (np.concatenate([a, np.zeros(more)]) for a in (self._mean, self._m2))
+
+    def mean(self) -> np.ndarray: return np.where(self.count > 0, self._mean, np.nan)
+
+    def std(self) -> np.ndarray:
+        "The population standard deviation (`np.nanstd`'s)."
+        return np.sqrt(np.divide(self._m2, self.count, out=np.full(len(self.count), np.nan), where=self.count > 0))
+
+
+class DataMapBuilder:
+    """A split's data map kept up to date one `item_epochs` row at a time: each row is unpacked once and folded into
+    running statistics, so that the map after one more epoch costs O(items), not O(items x epochs)."""
+
+    def __init__(self, split: str):
+        self.split = split
+        self._start()
+
+    def _start(self) -> None:
+        self.epochs: list[int] = []
+        self.history: list[ItemValues] = []  # every epoch's values, in order, each as long as the longest
+        self.label_prob, self.right, self.margin = _Moments(), _Moments(), _Moments()
+        self.score = np.empty(0)
+        self.last = ItemValues.empty(0)
+
+    def add(self, row: ItemEpochRow) -> None:
+        "Fold in one epoch of the split's values."
+        values = ItemValues.unpack(row.n_items, row.item_values)
+        if self.epochs and row.epoch <= self.epochs[-1]:
+            # Never from a feed's cursor (a run's one writer commits its epochs in order, and the cursor reads those
+            # after the last read): put it in its place and fold every epoch again, from the values held.
+            held = list(zip(self.epochs, self.history))
+            held.insert(bisect_right(self.epochs, row.epoch), (row.epoch, values))
+            self._start()
+            for epoch, h in held: self._fold(epoch, h)
+        else: self._fold(row.epoch, values)
+
+    def _fold(self, epoch: int, values: ItemValues) -> None:
+        "Add an epoch after those added."
+        if len(values) > len(self.last): self._grow(len(values))
+        if len(values) < len(self.last): values = _padded(values, len(self.last))
+        self.epochs.append(epoch)
+        self.history.append(values)
+        self.label_prob.add(values.label_prob)
+        self.right.add(np.where(values.seen, values.predicted == values.label, np.nan))
+        self.margin.add(values.margin)
+        self.score = recent_margin(self.score, values)
+        for f in fields(self.last): np.copyto(getattr(self.last, f.name), getattr(values, f.name), where=values.seen)
+
+    def _grow(self, n: int) -> None:
+        "Room for more items (a dataset that grew between fits): the new ones unseen in the epochs before."
+        for moments in (self.label_prob, self.right, self.margin): moments.grow(n)
+        self.score = np.concatenate([self.score, np.full(n - len(self.score), np.nan)])
+        self.last = _padded(self.last, n)
+        self.history = [_padded(h, n) for h in self.history]
+
+    def build(self, items: ItemsRow | None = None) -> DataMap | None:
+        """The data map of the epochs added, named by the split's `items` row; None before any. Its arrays are its
+        own: later adds leave a map built before them as it was."""
+        if not self.epochs: return None
+        names = items.names if items is not None else [unnamed(i) for i in range(len(self.last))]
+        return DataMap(self.split, names, list(self.epochs), self.label_prob.mean(), self.label_prob.std(),
+                       self.right.mean(), self.margin.mean(), self.score.copy(), copy.deepcopy(self.last),
+                       list(self.history))
+
+
 def data_map(split: str, rows: list[ItemEpochRow], items: ItemsRow | None = None) -> DataMap | None:
     "The data map of a split from its `item_epochs` rows (any order) and its `items` row; None with no rows."
-    rows = sorted((r for r in rows if r.split == split), key=lambda r: r.epoch)
-    if not rows: return None
-    history = [ItemValues.unpack(r.n_items, r.item_values) for r in rows]
-    n = max(len(h) for h in history)
-    history = [h if len(h) == n else _padded(h, n) for h in history]
-    label_prob = np.stack([h.label_prob for h in history])
-    right = np.stack([np.where(h.seen, (h.predicted == h.label).astype(np.float32), np.nan) for h in history])
-    last, score = ItemValues.empty(n), None
-    for h in history:
-        for f in fields(last): getattr(last, f.name)[h.seen] = getattr(h, f.name)[h.seen]
-        score = recent_margin(score, h)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', RuntimeWarning)  # an item never seen has no mean: NaN is the answer wanted
-        confidence, variability = np.nanmean(label_prob, 0), np.nanstd(label_prob, 0)
-        correctness = np.nanmean(right, 0)
-        aum = np.nanmean(np.stack([h.margin for h in history]), 0)
-    names = items.names if items is not None else [unnamed(i) for i in range(n)]
-    return DataMap(split, names, [r.epoch for r in rows], confidence, variability, correctness, aum, score, last,
-                   history)
+    builder = DataMapBuilder(split)
+    for row in sorted((r for r in rows if r.split == split), key=lambda r: r.epoch): builder.add(row)
+    return builder.build(items)
 
 
 def _padded(values: ItemValues, n: int) -> ItemValues:
@@ -130,7 +198,6 @@ def _padded(values: ItemValues, n: int) -> ItemValues:
     out = ItemValues.empty(n)
     for f in fields(out): getattr(out, f.name)[:len(values)] = getattr(values, f.name)
     return out
-
 
 
 def read_data_map(store, run_id: str, split: str) -> DataMap | None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from ..store import RunRecord, Store
 from ..store.decisions import current
-from ..store.dynamics import DataMap, data_map, thumbnails
+from ..store.dynamics import DataMap, DataMapBuilder, thumbnails
 from ..store.runs_table import RunSummary, run_summaries
 from ..store.tables import (
     AlertRow,
@@ -167,8 +167,8 @@ class ItemsRead:
 
 class ItemsFeed:
     """The items of one split of a run: `read()` reads the rows recorded since the last read, one query a table, and
-    gives the split's data map, thumbnails and decisions from what it holds: every item values and decision row read,
-    and the latest thumbnail of each item."""
+    gives the split's data map, thumbnails and decisions from what it holds: the data map so far (each item values
+    row folded in once, `DataMapBuilder`), every decision row read, and the latest thumbnail of each item."""
 
     def __init__(self, store: Store, run_id: str, split: str):
         self.store, self.run_id, self.split = store, run_id, split
@@ -176,7 +176,8 @@ class ItemsFeed:
                                              item_images: {'split': split}, decisions: {}}
         if split == 'valid': self.tables[top_losses] = {}  # the valid split's top losses have thumbnails too
         self.cursors: dict[RunTable, object] = {}
-        self.rows: dict[RunTable, list] = {items: [], item_epochs: [], decisions: []}
+        self.rows: dict[RunTable, list] = {items: [], decisions: []}
+        self.data_map = DataMapBuilder(split)
         self.images: dict[RunTable, dict[int, tuple]] = {item_images: {}, top_losses: {}}  # by item index
         self.vocab: list[str] = []
 
@@ -186,11 +187,13 @@ class ItemsFeed:
             new = self.store.rows(table, self.run_id, since=self.cursors.get(table), **equal)
             if not new: continue
             self.cursors[table] = getattr(new[-1], table.cursor)
-            if table in self.images: self.images[table].update((row.item_index, row) for row in new)
+            if table is item_epochs:
+                for row in new: self.data_map.add(row)
+            elif table in self.images: self.images[table].update((row.item_index, row) for row in new)
             else: self.rows[table] += new
         if not self.vocab: self.vocab = [str(v) for v in self.store.run(self.run_id).vocab or []]
         names = self.rows[items]
-        return ItemsRead(self.split, data_map(self.split, self.rows[item_epochs], names[0] if names else None),
+        return ItemsRead(self.split, self.data_map.build(names[0] if names else None),
                          thumbnails(self.images[item_images].values(), self.images[top_losses].values()),
                          current(self.rows[decisions]), self.vocab)
 

@@ -1,11 +1,12 @@
-"""Each item's dynamics without a training: packing, the data map and its two rankings, the chart that bins a large
-map, and what a run's decision rows add up to."""
+"""Each item's dynamics without a training: packing, the data map and its two rankings, the map kept one epoch at a
+time, the chart that bins a large map, and what a run's decision rows add up to."""
 from __future__ import annotations
 
 import numpy as np
+from helpers import assert_map_from_numpy
 
 from fastwatch.store.decisions import current, decision_text
-from fastwatch.store.dynamics import UNSEEN, ItemValues, data_map
+from fastwatch.store.dynamics import UNSEEN, DataMapBuilder, ItemValues, data_map
 from fastwatch.store.tables import DecisionRow, ItemEpochRow, ItemsRow
 from fastwatch.view.charts import MAP_POINTS, DataMapChart
 
@@ -50,6 +51,45 @@ def test_the_data_map_averages_the_epochs_that_saw_each_item_and_ranks_suspects_
     assert found.by_last_loss().tolist() == [2, 1, 0]
     assert found.last.label_prob[2] == np.float32(0.3) and found.name(1) == 'b' and found.name(9) == '#9'
     assert data_map('valid', rows(first), None) is None
+
+
+def random_epochs(*sizes: int, seed: int = 0) -> list[ItemValues]:
+    "Epochs of `sizes` items of 3 classes, each item unseen in some (item 7 in all), predicted right about half."
+    rng, history = np.random.default_rng(seed), []
+    for n in sizes:
+        seen = rng.random(n) > 0.2
+        seen[7] = False
+        label = rng.integers(0, 3, n)
+        predicted = np.where(rng.random(n) < 0.5, label, rng.integers(0, 3, n))
+        history.append(epoch_values(rng.uniform(0.01, 1, n), np.where(seen, label, UNSEEN),
+                                    np.where(seen, predicted, UNSEEN)))
+    return history
+
+
+def test_the_map_kept_one_epoch_at_a_time_is_what_numpy_makes_of_every_epoch_so_far():
+    """After each epoch folded in, the map is the whole-run formulas' of every epoch so far (`assert_map_from_numpy`),
+    with items unseen in some epochs, one never seen, and 10 items more from the fourth epoch on (a dataset that grew
+    between fits); a map built before an epoch was added stays as it was."""
+    history, builder, maps = random_epochs(40, 40, 40, 50, 50), DataMapBuilder('train'), []
+    for row in rows(*history):
+        builder.add(row)
+        maps.append(builder.build())
+    for epoch, found in enumerate(maps):
+        assert found.epochs == list(range(epoch + 1))
+        assert_map_from_numpy(found, history[:epoch + 1])
+    assert np.isnan(maps[-1].confidence[7]) and np.isnan(maps[2].confidence[40:]).all()
+    assert not np.isnan(maps[-1].confidence[40:]).all()
+
+
+def test_an_epoch_added_after_a_later_one_takes_its_place():
+    history = random_epochs(40, 40, 50, 50)
+    builder, whole = DataMapBuilder('train'), data_map('train', rows(*history))
+    for row in reversed(rows(*history)): builder.add(row)
+    found = builder.build()
+    assert found.epochs == whole.epochs == [0, 1, 2, 3]
+    for name in ('confidence', 'variability', 'correctness', 'aum', 'score'):
+        np.testing.assert_array_equal(getattr(found, name), getattr(whole, name))
+    assert_map_from_numpy(found, history)
 
 
 def test_a_map_of_many_items_is_binned_into_one_image():
