@@ -27,7 +27,13 @@ check: lint
 test: install services lint
 	$(PY) -m pytest -q tests
 
+# The dashboard page's script, rebuilt from its sources (fastwatch/view/app/page/) with npm, in a copy of them so that
+# node_modules stays out of the package; the result is checked in (tests/test_page.py checks it is what they build).
+page:
+	rm -rf .page-build && cp -r fastwatch/view/app/page .page-build
+	cd .page-build && npm ci --no-audit --no-fund && node build.mjs ../fastwatch/view/app/static
+
 bench: install
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
 
-.PHONY: install services lint check demo test bench
+.PHONY: install services lint check demo test bench page

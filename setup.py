@@ -27,7 +27,7 @@ setuptools.setup(
     python_requires=f">={cfg['min_python']}",
     packages=setuptools.find_packages(include=['fastwatch', 'fastwatch.*']),
     include_package_data=True,
-    package_data={'fastwatch': ['view/app/*.ipynb', 'view/app/*.j2']},
+    package_data={'fastwatch': ['view/app/*.ipynb', 'view/app/*.j2', 'view/app/static/*']},
     install_requires=reqs('requirements'),
     extras_require={
         'train': reqs('train_requirements'),

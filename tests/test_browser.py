@@ -86,6 +86,31 @@ def test_the_loss_series_grows_while_another_process_trains(site, page, digits_p
     page.wait_for_function("document.querySelector('.fw-header').innerText.includes('finished')", timeout=60_000)
 
 
+def test_the_page_follows_the_run_again_after_its_connection_to_the_kernel_drops(site, page, digits_path):
+    "The page's kernel connection is made again (as after a network drop, by @jupyterlab/services): no point lost."
+    trainer = train_in_background(digits_path, site['store'], epochs=2, name='reconnected')
+    store = open_store(site['store'], readonly=True)
+    wait_for(lambda: [run for run in store.runs() if run.state == 'live'] or trainer.poll() is not None)
+    assert trainer.poll() is None, 'the training ended before it was seen'
+    run_id = store.runs()[0].id
+    open_dashboard(page, with_query(site['url'], run=run_id))
+    page.evaluate('fastwatchPage.kernel.reconnect()')
+    assert page.evaluate('fastwatchPage.kernel.connectionStatus') == 'connected'
+    assert trainer.wait(120) == 0
+    wait_for_points(page, store.counts(run_id)['batches'], timeout=60)
+    page.wait_for_function("document.querySelector('.fw-header').innerText.includes('finished')", timeout=60_000)
+
+
+def test_the_page_sanitizes_html_descriptions_as_the_widgets_manager_asks(site, page):
+    "Widgets' HTML descriptions keep the manager's tags and attributes, and lose scripts, handlers and js: links."
+    open_dashboard(page, with_query(site['url'], run=site['run_id']))
+    clean = page.evaluate("""fastwatchPage.manager.inline_sanitize('<b onclick="f()">bold</b><script>f()</script>'
+      + '<a href="javascript:f()">js</a><a href="https://fast.ai/">ok</a><img src="x" onerror="f()">'
+      + '<span class="c" aria-label="l" data-x="1">s</span><iframe src="https://fast.ai/"></iframe>')""")
+    assert clean == ('<b>bold</b><a>js</a><a href="https://fast.ai/">ok</a><img src="x">'
+                     '<span class="c" aria-label="l">s</span>')
+
+
 def test_a_closed_page_shuts_its_small_kernel_down(site, browser, digits_path, tmp_path):
     "Closing the tab shuts its kernel down at once: long before the server would take it for abandoned."
     trainer = train_in_background(digits_path, site['store'], epochs=3, name='closed page')

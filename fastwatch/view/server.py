@@ -33,6 +33,7 @@ from .page import DOWNLOADS_ENV, OWNER_ENV
 from .places import RETRY_SECONDS, TICKET, Places, waiting_html
 
 APP = Path(__file__).parent / 'app' / 'dashboard.ipynb'
+PAGE_SCRIPT = APP.parent / 'static'  # the page's script and style, built from app/page/ (fastwatch-page.js, .css)
 BOKEHJS = bokehjs_path()  # BokehJS's own files: js/bokeh.min.js
 IDLE_KERNEL_SECONDS = 1800  # Voila culls a kernel idle this long with no page connected (its page went away)
 PREHEATED_KERNELS = 2  # kernels that have run the notebook up to the page's query, waiting for the next pages
@@ -42,11 +43,6 @@ REFILL_DELAY_SECONDS = 3
 # How long Voila waits for a cell's output once the cell has run (nbclient's default is 4 s). Past it the output is
 # dropped and the page never draws: on a machine busy with a training and many pages, waiting longer is the fix.
 OUTPUT_WAIT_SECONDS = 120
-# The JupyterLab extensions the page loads: the widgets' (Voila keeps the manager of the ipywidgets installed) and
-# the charts'. Others installed beside them (code highlighting, the notebook's own, a user's) would each add scripts
-# to every page.
-PAGE_EXTENSIONS = ('@jupyter-widgets/jupyterlab-manager', '@voila-dashboards/widgets-manager7',
-                   '@voila-dashboards/widgets-manager8', '@bokeh/jupyter_bokeh')
 VIEWER_MB = 150  # what a viewer's kernel may grow to: --max-viewers is sized by it from the machine's memory
 
 
@@ -107,8 +103,8 @@ class _NotTrusted(logging.Filter):
 
 class DashboardServer(Voila):
     """Voila, compressing what it sends (the page weighs a third; static files are compressed once), shutting the
-    kernels of closed and abandoned pages down, and rendering the page with `app/index.html.j2`, whose BokehJS
-    comes from `/fastwatch/static/`. It logs what a person serving it needs to know, nothing of Voila's routine."""
+    kernels of closed and abandoned pages down, and rendering the page with `app/index.html.j2`, whose script
+    comes from `/fastwatch/page/` and BokehJS from `/fastwatch/static/`. It logs what a person serving it needs to know, nothing of Voila's routine."""
 
     orphan_timeout = Float(60, config=True, help='seconds a viewer kernel may stay idle with no page connected')
     max_viewers = Int(0, config=True, help='pages the server holds at once (0: as many as half its memory holds); '
@@ -135,12 +131,13 @@ class DashboardServer(Voila):
 
     def setup_template_dirs(self) -> None:
         super().setup_template_dirs()
-        self.template_paths.insert(0, str(APP.parent))  # its index.html.j2 extends Voila's lab template
+        self.template_paths.insert(0, str(APP.parent))  # its index.html.j2: the page
 
     def init_handlers(self) -> list:
         ours = {VoilaShutdownKernelHandler: TabCloseHandler, TornadoVoilaHandler: PageHandler}
         handlers = [(pattern, ours.get(handler, handler), *rest) for pattern, handler, *rest in super().init_handlers()]
         return [(url_path_join(self.server_url, r'/fastwatch/static/(.*)'), StaticFileHandler, {'path': BOKEHJS}),
+                (url_path_join(self.server_url, r'/fastwatch/page/(.*)'), StaticFileHandler, {'path': str(PAGE_SCRIPT)}),
                 *handlers]
 
     def listen(self) -> None:
@@ -173,7 +170,6 @@ def voila_argv(port: int, host: str, token: str, max_viewers: int = 0) -> list[s
     return [str(APP), '--no-browser', f'--port={port}', f'--Voila.ip={host}', f'--token={token}',
             '--preheat_kernel=True', f'--pool_size={PREHEATED_KERNELS}',
             f'--VoilaKernelManager.fill_delay={REFILL_DELAY_SECONDS}', '--Voila.log_level=WARN',
-            *(f'--VoilaConfiguration.extension_allowlist={name}' for name in PAGE_EXTENSIONS),
             f'--MappingKernelManager.cull_idle_timeout={IDLE_KERNEL_SECONDS}',
             '--MappingKernelManager.cull_interval=60',
             '--KernelManager.transport=ipc',  # local sockets: no kernel traffic on TCP, and no warning that there is
