@@ -86,6 +86,20 @@ def test_the_loss_series_grows_while_another_process_trains(site, page, digits_p
     page.wait_for_function("document.querySelector('.fw-header').innerText.includes('finished')", timeout=60_000)
 
 
+def test_pages_opened_at_once_each_get_every_widget_even_from_a_kernel_still_running_the_notebook(site, browser):
+    """More pages at once than kernels preheated: a page whose kernel runs the notebook while the page loads gets
+    every widget, as the pages of preheated kernels do (none shows a widget that failed to show)."""
+    context = browser.new_context()
+    pages = [context.new_page() for _ in range(PREHEATED_KERNELS + 1)]
+    for page in pages: page.goto(with_query(site['url'], run=site['run_id']), wait_until='commit')
+    for page in pages:
+        wait_for_charts(page, timeout=90)
+        page.wait_for_selector('body.fw-rendered', timeout=90_000)
+        assert page.locator('.jupyter-widgets-error-widget, .widget-error').count() == 0
+        assert HOSTILE in page.inner_text('.fw-header')
+    context.close()
+
+
 def test_the_page_follows_the_run_again_after_its_connection_to_the_kernel_drops(site, page, digits_path):
     "The page's kernel connection is made again (as after a network drop, by @jupyterlab/services): no point lost."
     trainer = train_in_background(digits_path, site['store'], epochs=2, name='reconnected')

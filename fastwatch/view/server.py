@@ -104,7 +104,8 @@ class _NotTrusted(logging.Filter):
 class DashboardServer(Voila):
     """Voila, compressing what it sends (the page weighs a third; static files are compressed once), shutting the
     kernels of closed and abandoned pages down, and rendering the page with `app/index.html.j2`, whose script
-    comes from `/fastwatch/page/` and BokehJS from `/fastwatch/static/`. It logs what a person serving it needs to know, nothing of Voila's routine."""
+    comes from `/fastwatch/page/` and BokehJS from `/fastwatch/static/`. It logs what a person serving it needs to
+    know, nothing of Voila's routine."""
 
     orphan_timeout = Float(60, config=True, help='seconds a viewer kernel may stay idle with no page connected')
     max_viewers = Int(0, config=True, help='pages the server holds at once (0: as many as half its memory holds); '
@@ -136,9 +137,9 @@ class DashboardServer(Voila):
     def init_handlers(self) -> list:
         ours = {VoilaShutdownKernelHandler: TabCloseHandler, TornadoVoilaHandler: PageHandler}
         handlers = [(pattern, ours.get(handler, handler), *rest) for pattern, handler, *rest in super().init_handlers()]
-        return [(url_path_join(self.server_url, r'/fastwatch/static/(.*)'), StaticFileHandler, {'path': BOKEHJS}),
-                (url_path_join(self.server_url, r'/fastwatch/page/(.*)'), StaticFileHandler, {'path': str(PAGE_SCRIPT)}),
-                *handlers]
+        static = {'/fastwatch/static/(.*)': BOKEHJS, '/fastwatch/page/(.*)': str(PAGE_SCRIPT)}
+        return [*((url_path_join(self.server_url, route), StaticFileHandler, {'path': path})
+                  for route, path in static.items()), *handlers]
 
     def listen(self) -> None:
         self._alone_since: dict[str, float] = {}

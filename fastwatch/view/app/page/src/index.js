@@ -1,6 +1,6 @@
-// The dashboard's page script, in place of Voila's JupyterLab front end: it connects to the kernel Voila started for
-// the page (@jupyterlab/services: the protocol, reconnects), loads the widgets' state from it once the page's cells
-// have run, and shows each cell's outputs where the template left them. Loaded from the template as the page starts
+// The dashboard's page script, in place of Voila's JupyterLab front end: once the page's cells have run, it connects
+// to the kernel Voila started for the page (@jupyterlab/services: the protocol, reconnects), loads the widgets' state
+// from it and shows each cell's outputs where the template left them. Loaded from the template as the page starts
 // streaming, so the browser fetches and runs it while the kernel runs the notebook.
 import { CommsOverSubshells } from '@jupyterlab/services/lib/kernel/comm';
 import { KernelConnection } from '@jupyterlab/services/lib/kernel/default';
@@ -61,15 +61,17 @@ function connect(config) {
   const token = new URLSearchParams(location.search).get('token') || '';
   const serverSettings = ServerConnection.makeSettings({ baseUrl: config.baseUrl, token, appendToken: true });
   // Comms on the kernel's main shell, as under Voila's page: Voila's server lets no subshell be asked for.
-  const kernel = new KernelConnection({ model: { id: config.kernelId, name: config.kernelName || 'python3' }, serverSettings,
+  return new KernelConnection({ model: { id: config.kernelId, name: config.kernelName || 'python3' }, serverSettings,
     commsOverSubshells: CommsOverSubshells.Disabled });
-  // As Voila's page does: the kernel is shut down as the page goes away (`server.TabCloseHandler`).
+}
+
+// As Voila's page does: the kernel is shut down as the page goes away (`server.TabCloseHandler`).
+function shutDownOnLeaving(config) {
   window.addEventListener('beforeunload', () => {
     const form = new FormData();
     form.append('_xsrf', (document.cookie.match(/\b_xsrf=([^;]*)\b/) || [])[1] || '');
     navigator.sendBeacon(`${config.baseUrl}voila/api/shutdown/${config.kernelId}`, form);
   });
-  return kernel;
 }
 
 function text(el, className, value) {
@@ -108,11 +110,13 @@ async function render(manager, output, el) {
 
 async function main() {
   const config = JSON.parse(document.getElementById('jupyter-config-data').textContent);
+  shutDownOnLeaving(config);
+  // The page has streamed in once the kernel has run its cells. Only then is the kernel connected to, as Voila's page
+  // does: a widget made while the cells ran would reach the page without the widgets made before it, which it holds.
+  if (document.readyState === 'loading') await new Promise((done) => document.addEventListener('DOMContentLoaded', done));
   const kernel = connect(config);
   const manager = new PageManager(kernel);
   window.fastwatchPage = { kernel, manager };
-  // The page has streamed in when the kernel has run its cells: only then does the kernel answer for every widget.
-  if (document.readyState === 'loading') await new Promise((done) => document.addEventListener('DOMContentLoaded', done));
   const places = [...document.querySelectorAll(CELL_OUTPUT)].map((script) => {
     const el = document.createElement('div');
     el.className = 'fw-output';
