@@ -126,8 +126,11 @@ def page_weight(browser, url: str) -> tuple[int, int, list[float]]:
 
 
 def live_latency(browser, url: str, store: Path, rows: int = 60, every: float = 0.2) -> list[float]:
-    "Seconds from a batch row's commit to its point in the page's bokeh document, one row every `every` s."
-    writer_store, run_id = open_store(store), record_run(store, 10, status='running')
+    """Seconds from a batch row's commit to its point in the page's bokeh document, one row every `every` s. Every row
+    of the run, and its end, goes through the writer that started it, as a training's do: the store object that
+    writes a run's batch rows keeps its open block summaries (`store/blocks.py`)."""
+    run_id = record_run(store, 10, status='running')
+    writer = Writer.for_store(store)  # the one that recorded the first 10 rows and keeps the run's heartbeat
     context = browser.new_context()
     page = context.new_page()
     time.sleep(6)
@@ -136,14 +139,14 @@ def live_latency(browser, url: str, store: Path, rows: int = 60, every: float = 
         const n = ({POINTS_JS})('loss'); if (!(n in window.seenAt)) window.seenAt[n] = Date.now() / 1000; }}, 5); }}""")
     committed = {}
     for step in range(10, 10 + rows):
-        now = time.time()
-        writer_store.write({'batches': [BatchRow(run_id, step, 9, 0, False, 0.5, 0.5, 1e-3, 0.9, now, None)]},
-                           {run_id: {'heartbeat': now, 'updated_at': now}})
-        committed[step + 1] = time.time()  # the page then holds step + 1 points
+        writer.add_batch(BatchRow(run_id, step, 9, 0, False, 0.5, 0.5, 1e-3, 0.9, time.time(), None))
+        assert writer.flush(10), f'row {step} was not written'
+        committed[step + 1] = time.time()  # committed: the page then holds step + 1 points
         time.sleep(every)
     time.sleep(2)
     seen = {int(n): t for n, t in page.evaluate('window.seenAt').items()}
-    writer_store.write({}, {run_id: {'status': 'finished'}})
+    writer.end_run(run_id, 'finished')
+    writer.flush(10)
     page.close(run_before_unload=True)
     context.close()
     return [seen[n] - t for n, t in committed.items() if n in seen]

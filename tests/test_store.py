@@ -15,6 +15,7 @@ from sqlalchemy import create_engine
 from fastwatch import RunNotFound, StoreError, open_store
 from fastwatch.record.writer import Writer
 from fastwatch.store import schema
+from fastwatch.store.blocks import BLOCK_LEVELS, BLOCK_STEPS, block_span
 from fastwatch.store.snapshot import write_snapshot
 from fastwatch.store.tables import TopLossRow
 
@@ -136,6 +137,33 @@ def test_downsampling_a_long_run_keeps_spikes_and_the_last_point(tmp_path):
     # A short run comes back whole.
     short = store.batches_downsampled(run_id, n=10**6)['series']['loss']
     assert short['step'] == raw['step']
+
+
+def test_a_run_written_a_row_at_a_time_has_the_summaries_of_all_its_rows(tmp_path):
+    """As the dashboard benchmark's live run: a run's writer writes its first rows, keeps it open, then writes the
+    next ones one at a time, then its end. Every block summarises all of its rows, those of the first write too
+    (a second `Store` writing the later ones would leave those out, and its blocks then clash with the writer's)."""
+    store_path = tmp_path / 'live.db'
+    writer, run_id = Writer.for_store(store_path), 'live'
+    start_synthetic_run(writer, run_id)
+    loss = np.random.default_rng(0).random(BLOCK_STEPS + 6)
+    loss[3] = 50.0  # a spike in the first write
+    for step in range(len(loss)):
+        writer.add_batch(batch_row(run_id, step, float(loss[step])))
+        if step >= 9: assert writer.flush()  # the first 10 rows, then each row written alone
+    writer.end_run(run_id, 'finished')
+    assert writer.flush()
+    store = open_store(store_path)
+    run = store.run(run_id)
+    assert (run.status, run.lost_rows) == ('finished', 0)
+    blocks = store.rows('batch_blocks', run_id)
+    assert [(b.level, b.block, b.last_step) for b in blocks] == [(0, 0, BLOCK_STEPS - 1), (0, 1, len(loss) - 1)] + [
+        (level, 0, len(loss) - 1) for level in range(1, BLOCK_LEVELS)]
+    for b in blocks:
+        first = b.block * block_span(b.level)
+        rows = loss[first:b.last_step + 1]
+        assert (b.loss_min, b.loss_min_step, b.loss_max, b.loss_max_step) == (
+            rows.min(), first + rows.argmin(), rows.max(), first + rows.argmax())
 
 
 def test_several_processes_record_into_one_file(tmp_path, digits_path):

@@ -5,7 +5,10 @@ A level-0 block summarises BLOCK_STEPS consecutive steps; a level-L block summar
 L - 1. A block closes with the row that completes it (or when a later block's row comes first, after rows were lost,
 or when its run ends), and a parent closes with its last child: every block is written in the same transaction as
 the batch row that closed it, so `last_step` orders the `batch_blocks` rows as publishers and followers read them.
-`Store.write` runs the pyramid: the writer hands it batch rows, never blocks.
+`Store.write` runs the pyramid: the writer hands it batch rows, never blocks. The open blocks live in the memory
+of that one `Store` object, so a run's batch rows and its end must all be written through it, as the run's writer
+does: a second `Store` writing some of them would summarise only those rows, and close blocks with the same key
+(run, level, block) as the first, whose write of them the database then refuses.
 """
 from __future__ import annotations
 

@@ -277,7 +277,8 @@ class Store:
     def write(self, rows: dict[str, list], run_updates: dict[str, dict] | None = None) -> None:
         """Write in one transaction (all of it lands or none): new runs (`rows['runs']`, `RunRecord`s), rows of run
         tables (by table name, typed rows), and changes to runs' fields. Batch rows add to the block summaries,
-        and a run that ends closes its open blocks."""
+        and a run that ends closes its open blocks: all of a run's batch rows and its end go through one `Store`
+        (`blocks.py`)."""
         run_updates = run_updates or {}
         ended = [run_id for run_id, fields in run_updates.items() if fields.get('status') in ENDED]
         blocks, pyramid = self.pyramid.add(rows.get(batches.name) or (), ended)
