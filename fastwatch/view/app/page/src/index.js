@@ -1,6 +1,6 @@
-// The dashboard's page script, in place of Voila's JupyterLab front end: once the page's cells have run, it connects
-// to the kernel Voila started for the page (@jupyterlab/services: the protocol, reconnects), loads the widgets' state
-// from it and shows each cell's outputs where the template left them. Loaded from the template as the page starts
+// The dashboard's page script, in place of Voila's JupyterLab front end: it connects to the kernel Voila started for
+// the page (@jupyterlab/services: the protocol, reconnects) and, once the page's cells have run, loads the widgets'
+// state from it and shows each cell's outputs where the template left them. Loaded from the template as the page starts
 // streaming, so the browser fetches and runs it while the kernel runs the notebook.
 import { CommsOverSubshells } from '@jupyterlab/services/lib/kernel/comm';
 import { KernelConnection } from '@jupyterlab/services/lib/kernel/default';
@@ -62,7 +62,7 @@ function connect(config) {
   const serverSettings = ServerConnection.makeSettings({ baseUrl: config.baseUrl, token, appendToken: true });
   // Comms on the kernel's main shell, as under Voila's page: Voila's server lets no subshell be asked for.
   return new KernelConnection({ model: { id: config.kernelId, name: config.kernelName || 'python3' }, serverSettings,
-    commsOverSubshells: CommsOverSubshells.Disabled });
+    commsOverSubshells: CommsOverSubshells.Disabled, handleComms: false });
 }
 
 // As Voila's page does: the kernel is shut down as the page goes away (`server.TabCloseHandler`).
@@ -111,10 +111,12 @@ async function render(manager, output, el) {
 async function main() {
   const config = JSON.parse(document.getElementById('jupyter-config-data').textContent);
   shutDownOnLeaving(config);
-  // The page has streamed in once the kernel has run its cells. Only then is the kernel connected to, as Voila's page
-  // does: a widget made while the cells ran would reach the page without the widgets made before it, which it holds.
-  if (document.readyState === 'loading') await new Promise((done) => document.addEventListener('DOMContentLoaded', done));
+  // Connected at once, the comms' messages left alone (neither taken nor closed) until the page has streamed in, which
+  // is once the kernel has run its cells. Only then does the page take the kernel's widgets, as Voila's page does: a
+  // widget made while the cells ran would reach it without the widgets made before, which it holds.
   const kernel = connect(config);
+  if (document.readyState === 'loading') await new Promise((done) => document.addEventListener('DOMContentLoaded', done));
+  kernel.handleComms = true;
   const manager = new PageManager(kernel);
   window.fastwatchPage = { kernel, manager };
   const places = [...document.querySelectorAll(CELL_OUTPUT)].map((script) => {
