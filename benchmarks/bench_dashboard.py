@@ -8,6 +8,8 @@
 
     python benchmarks/bench_dashboard.py                      # all figures
     python benchmarks/bench_dashboard.py --screenshots docs   # also the README screenshots, during a real demo run
+    python benchmarks/bench_dashboard.py --against CHECKOUT   # first render only: this version against another,
+                                                              # one server each, first visits interleaved
 """
 from __future__ import annotations
 
@@ -106,6 +108,23 @@ def first_render(browser, url: str, repeats: int = 5, pause: float = 6) -> tuple
             page.close(run_before_unload=True)  # as a closed tab: Voila shuts the kernel down
         context.close()
     return cold, warm
+
+
+def interleaved(browser, url: str, other_url: str, repeats: int = 7, pause: float = 6) -> tuple[Visits, Visits]:
+    "First visits alternating between two servers of the same store, each in a fresh browser context."
+    this, other = Visits(), Visits()
+    for i in range(repeats):
+        order = [(this, url), (other, other_url)]
+        if i % 2: order.reverse()  # neither version always first after the pause
+        for visits, at in order:
+            time.sleep(pause)
+            context = browser.new_context()
+            context.add_init_script(FIRST_CHART_JS)
+            page = context.new_page()
+            visits.open(page, at)
+            page.close(run_before_unload=True)
+            context.close()
+    return this, other
 
 
 def page_weight(browser, url: str) -> tuple[int, int, list[float]]:
@@ -208,13 +227,31 @@ def notebook_screenshot(browser, out: Path) -> None:
             page.close()
 
 
+def compare(browser, folder: Path, checkout: Path) -> None:
+    "First render of this version against the one in `checkout`, visits interleaved, on a store of one 1,000-step run."
+    store = folder / 'one-run.db'
+    record_run(store, 1_000)
+    with served(store, folder) as url, served(store, folder, env={'PYTHONPATH': str(checkout)}) as other_url:
+        this, other = interleaved(browser, url, other_url)
+    print(f'first render, this version: {this}')
+    print(f'first render, {checkout}: {other}')
+    for clock, name in (('page', "the page's clock"), ('wall', 'wall time')):
+        paired = np.array(getattr(this, clock)) - np.array(getattr(other, clock))
+        print(f'{name}: paired median {np.median(paired):+.2f} s, this / other '
+              f'{np.median(getattr(this, clock)) / np.median(getattr(other, clock)):.2f}')
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--screenshots', type=Path,
                         help='folder to save dashboard-desktop.png, dashboard-phone.png and dashboard-notebook.png')
+    parser.add_argument('--against', type=Path, help='a checkout of another version: first visits compared')
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as playwright:
         browser = launch(playwright)
+        if args.against:
+            compare(browser, Path(tmp), args.against.resolve())
+            return
         if args.screenshots:
             notebook_screenshot(browser, args.screenshots)
             screenshots(browser, args.screenshots, free_port())
