@@ -84,13 +84,23 @@ class Visits:
     wall: list[float] = field(default_factory=list)
     page: list[float] = field(default_factory=list)
 
-    def open(self, page, url: str) -> None:
+    def open(self, context, url: str) -> None:
+        "Open the URL in a new page of `context` (made by `timed_context`), time it, and close it as a tab."
+        page = context.new_page()
         self.wall.append(open_dashboard(page, url, timeout=60))
         self.page.append(page.evaluate('window.firstChartMs') / 1000)
+        page.close(run_before_unload=True)  # as a closed tab: Voila shuts the kernel down
 
     def __str__(self) -> str:
         return (f'median {np.median(self.wall):.2f} s wall, {np.median(self.page):.2f} s by the page\'s clock '
                 f'(runs: {", ".join(f"{w:.2f}/{p:.2f}" for w, p in zip(self.wall, self.page))})')
+
+
+def timed_context(browser):
+    "A browser context whose pages note when they draw their first chart (`FIRST_CHART_JS`)."
+    context = browser.new_context()
+    context.add_init_script(FIRST_CHART_JS)
+    return context
 
 
 def first_render(browser, url: str, repeats: int = 5, pause: float = 6) -> tuple[Visits, Visits]:
@@ -99,13 +109,10 @@ def first_render(browser, url: str, repeats: int = 5, pause: float = 6) -> tuple
     the next preheated kernel, as between two visitors."""
     cold, warm = Visits(), Visits()
     for _ in range(repeats):
-        context = browser.new_context()
-        context.add_init_script(FIRST_CHART_JS)
+        context = timed_context(browser)
         for visits in (cold, warm):
             time.sleep(pause)
-            page = context.new_page()
-            visits.open(page, url)
-            page.close(run_before_unload=True)  # as a closed tab: Voila shuts the kernel down
+            visits.open(context, url)
         context.close()
     return cold, warm
 
@@ -118,11 +125,8 @@ def interleaved(browser, url: str, other_url: str, repeats: int = 7, pause: floa
         if i % 2: order.reverse()  # neither version always first after the pause
         for visits, at in order:
             time.sleep(pause)
-            context = browser.new_context()
-            context.add_init_script(FIRST_CHART_JS)
-            page = context.new_page()
-            visits.open(page, at)
-            page.close(run_before_unload=True)
+            context = timed_context(browser)
+            visits.open(context, at)
             context.close()
     return this, other
 
