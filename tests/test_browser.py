@@ -68,11 +68,17 @@ def test_hovering_the_charts_shows_exact_values(site, page):
     assert {'phase: fit 1: frozen body', 'phase: fit 2: unfrozen'} <= shown
 
 
-def test_the_loss_series_grows_while_another_process_trains(site, page, digits_path):
-    trainer = train_in_background(digits_path, site['store'], epochs=2)
-    store = open_store(site['store'], readonly=True)
+def live_training(digits_path: Path, store_path: Path, epochs: int, name: str = 'live') -> tuple:
+    "A training in another process, once its run is live in the store: the process, and the store read-only."
+    trainer = train_in_background(digits_path, store_path, epochs=epochs, name=name)
+    store = open_store(store_path, readonly=True)
     wait_for(lambda: [run for run in store.runs() if run.state == 'live'] or trainer.poll() is not None)
     assert trainer.poll() is None, 'the training ended before it was seen'
+    return trainer, store
+
+
+def test_the_loss_series_grows_while_another_process_trains(site, page, digits_path):
+    trainer, store = live_training(digits_path, site['store'], epochs=2)
     run_id = store.runs()[0].id
     open_dashboard(page, with_query(site['url'], run=run_id))
     seen = [points(page)]
@@ -102,10 +108,7 @@ def test_pages_opened_at_once_each_get_every_widget_even_from_a_kernel_still_run
 
 def test_the_page_follows_the_run_again_after_its_connection_to_the_kernel_drops(site, page, digits_path):
     "The page's kernel connection is made again (as after a network drop, by @jupyterlab/services): no point lost."
-    trainer = train_in_background(digits_path, site['store'], epochs=2, name='reconnected')
-    store = open_store(site['store'], readonly=True)
-    wait_for(lambda: [run for run in store.runs() if run.state == 'live'] or trainer.poll() is not None)
-    assert trainer.poll() is None, 'the training ended before it was seen'
+    trainer, store = live_training(digits_path, site['store'], epochs=2, name='reconnected')
     run_id = store.runs()[0].id
     open_dashboard(page, with_query(site['url'], run=run_id))
     page.evaluate('fastwatchPage.kernel.reconnect()')
@@ -127,10 +130,7 @@ def test_the_page_sanitizes_html_descriptions_as_the_widgets_manager_asks(site, 
 
 def test_a_closed_page_shuts_its_small_kernel_down(site, browser, digits_path, tmp_path):
     "Closing the tab shuts its kernel down at once: long before the server would take it for abandoned."
-    trainer = train_in_background(digits_path, site['store'], epochs=3, name='closed page')
-    store = open_store(site['store'], readonly=True)
-    wait_for(lambda: [run for run in store.runs() if run.state == 'live'] or trainer.poll() is not None)
-    assert trainer.poll() is None, 'the training ended before it was seen'
+    trainer, store = live_training(digits_path, site['store'], epochs=3, name='closed page')
     with served(site['store'], tmp_path) as url:  # its own server: only this page's kernels, abandoned after 60 s
         preheated = wait_for(lambda: len(found := kernels(url)) == PREHEATED_KERNELS and found)
         context = browser.new_context()
