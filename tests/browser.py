@@ -117,19 +117,27 @@ def https_server(cert: Path, key: Path, routes: dict):
         server.server_close()
 
 
-def kernels(url: str) -> dict[str, float]:
+def kernel_processes(url: str) -> dict[str, int]:
     """The kernels of the `fastwatch serve` at `url` (ipykernel processes whose parent's command line names its
-    port), viewers' and preheated ones: {kernel id: peak resident memory in MB (VmHWM)}."""
+    port), viewers' and preheated ones: {kernel id: process id}."""
     port = f"--port\0{url.rsplit(':', 1)[1].split('/')[0]}\0".encode()
     found = {}
     for proc in Path('/proc').iterdir():
         try:
             if not proc.name.isdigit() or b'ipykernel' not in (command := (proc / 'cmdline').read_bytes()): continue
-            status = (proc / 'status').read_text()
-            if port in (Path('/proc') / re.search(r'PPid:\s+(\d+)', status)[1] / 'cmdline').read_bytes():
-                kernel_id = re.search(rb'kernel-([0-9a-f-]+)\.json', command)[1].decode()
-                found[kernel_id] = int(re.search(r'VmHWM:\s+(\d+)', status)[1]) / 1024
+            parent = re.search(r'PPid:\s+(\d+)', (proc / 'status').read_text())[1]
+            if port in (Path('/proc') / parent / 'cmdline').read_bytes():
+                found[re.search(rb'kernel-([0-9a-f-]+)\.json', command)[1].decode()] = int(proc.name)
         except (OSError, TypeError): continue  # a process that ended meanwhile
+    return found
+
+
+def kernels(url: str) -> dict[str, float]:
+    "The kernels of the `fastwatch serve` at `url`: {kernel id: peak resident memory in MB (VmHWM)}."
+    found = {}
+    for kernel_id, pid in kernel_processes(url).items():
+        try: found[kernel_id] = int(re.search(r'VmHWM:\s+(\d+)', Path(f'/proc/{pid}/status').read_text())[1]) / 1024
+        except OSError: continue  # a process that ended meanwhile
     return found
 
 

@@ -1,6 +1,8 @@
 """End to end: a real `fastwatch serve`, Debian's chromium (playwright), and a training in another process."""
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -8,6 +10,7 @@ import numpy as np
 import pytest
 from browser import (
     CHROMIUM,
+    kernel_processes,
     kernels,
     open_dashboard,
     page_kernel,
@@ -126,6 +129,20 @@ def test_the_page_sanitizes_html_descriptions_as_the_widgets_manager_asks(site, 
       + '<span class="c" aria-label="l" data-x="1">s</span><iframe src="https://fast.ai/"></iframe>')""")
     assert clean == ('<b>bold</b><a>js</a><a href="https://fast.ai/">ok</a><img src="x">'
                      '<span class="c" aria-label="l">s</span>')
+
+
+def test_the_page_waits_for_a_slow_kernel_to_send_every_widget_at_once(site, page):
+    """A kernel that answers the request for every widget's state later than ipywidgets' 4 s (on a machine busy with
+    a training and many pages) is waited for: the page does not fall back to asking widget by widget."""
+    open_dashboard(page, with_query(site['url'], run=site['run_id']))
+    kernel = kernel_processes(site['url'])[page_kernel(page)]
+    page.evaluate("""() => { const { manager } = fastwatchPage;
+      manager._loadFromKernelModels = async () => { window.askedOneByOne = true; };
+      window.loaded = manager._loadFromKernel().then(() => true); }""")
+    os.kill(kernel, signal.SIGSTOP)  # given no CPU, as by a machine too busy for it
+    try: time.sleep(6)
+    finally: os.kill(kernel, signal.SIGCONT)
+    assert page.evaluate('window.loaded') and not page.evaluate('window.askedOneByOne || false')
 
 
 def test_a_closed_page_shuts_its_small_kernel_down(site, browser, digits_path, tmp_path):
