@@ -137,7 +137,7 @@ def kernels(url: str) -> dict[str, float]:
     found = {}
     for kernel_id, pid in kernel_processes(url).items():
         try: found[kernel_id] = int(re.search(r'VmHWM:\s+(\d+)', Path(f'/proc/{pid}/status').read_text())[1]) / 1024
-        except OSError: continue  # a process that ended meanwhile
+        except (OSError, TypeError): continue  # a process that ended meanwhile (a zombie has no VmHWM)
     return found
 
 
