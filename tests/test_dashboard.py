@@ -16,6 +16,7 @@ from nbclient import NotebookClient
 from fastwatch import RunNotFound, StoreError, open_store
 from fastwatch.demo.digits import digits_dls, digits_folder
 from fastwatch.links import binder_url
+from fastwatch.store.decisions import UNDO, decide
 from fastwatch.view.dashboard import Dashboard, _likely_dashboard, _shows, dashboard
 from fastwatch.view.feed import RunFeed, fit_spans
 from fastwatch.view.page import open_view_store
@@ -60,6 +61,23 @@ def test_dashboard_shows_the_trained_run(view, trained):
     assert sum(panel.confusion.source.data['count']) == matrix.sum() == store.run(run_id).info.n_valid
     assert panel.gallery.value.count('<img') == len(store.top_losses(run_id))
     assert f'run={run_id}' in view.share.widget.value
+
+
+def test_items_read_again_with_no_new_decision_keep_the_decisions_widgets(trained, tmp_path):
+    """Each new epoch reads the items again: with no new decision the decisions' widgets stay as they are (none made
+    and sent to the page again); a decision, and its undo, show at once."""
+    copy_store(trained['path'], tmp_path / 'store.db')
+    store, run_id = open_store(tmp_path / 'store.db'), trained['run_id']
+    panel = Dashboard(store, run_id, owner=True).data_panel
+    shown = panel.decisions.children
+    panel.refresh()
+    assert panel.decisions.children == shown and '0 decided' in shown[0].value
+    decide(store, run_id, 'train', 5, 'train/5/again.png', 'delete')
+    panel.refresh()
+    assert '1 decided' in panel.decisions.children[0].value
+    decide(store, run_id, 'train', 5, 'train/5/again.png', UNDO)
+    panel.refresh()
+    assert '0 decided' in panel.decisions.children[0].value
 
 
 def test_epoch_slider_and_toggle_step_through_the_confusion_matrices(view, trained):

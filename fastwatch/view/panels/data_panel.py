@@ -92,6 +92,7 @@ class DataPanel:
         self.cards = widgets.Box(layout=widgets.Layout(display='flex', flex_flow='row wrap', width='100%'))
         self.suspect_cards = Pool(lambda: SuspectCard(self.decide_item if decide else None))
         self.decisions = widgets.VBox()
+        self.decisions_shown: tuple[DecisionRow, ...] | None = None  # the rows `decisions` shows
         for widget, name in (self.cards, 'fw-cards-page'), (self.detail, 'fw-detail'), (self.decisions, 'fw-decisions'):
             widget.add_class(name)
         self.widget = widgets.VBox([
@@ -185,8 +186,10 @@ class DataPanel:
 
     def _show_decisions(self) -> None:
         read = self.read
-        for row in self.decisions.children: row.close()
         decided = sorted(read.decided.values(), key=lambda row: row.seq)
+        if tuple(decided) == self.decisions_shown: return  # a new epoch, no new decision: the same widgets again
+        self.decisions_shown = tuple(decided)
+        for row in self.decisions.children: row.close()
         rows = [widgets.HTML(f"<span class='fw-muted'>{len(decided)} decided</span>")]
         for row in decided:
             text = widgets.HTML(f'{escape(row.split)} · {escape(row.item)}: <span class="fw-decided">'
