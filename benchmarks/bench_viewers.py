@@ -31,7 +31,7 @@ import psutil
 from playwright.sync_api import sync_playwright
 
 sys.path.insert(0, str(Path(__file__).parents[1] / 'tests'))
-from browser import POINTS_JS, kernel_processes, kernels, launch, served, train_in_background  # noqa: E402
+from browser import POINTS_JS, kernel_processes, kernels, launch, peak_mb, served, train_in_background  # noqa: E402
 from helpers import wait_for  # noqa: E402
 
 from fastwatch import open_store  # noqa: E402
@@ -110,8 +110,8 @@ def open_at_once(browser, url: str, n: int, limit: float,
             except Exception: points = -1  # the page is still navigating
             if points > 0: drawn[i] = time.perf_counter() - started
         time.sleep(0.2)
-    memory = list(kernels(url).values())
-    proportional, measured = [proportional_mb(pid) for pid in kernel_processes(url).values()], measure()
+    pids = list(kernel_processes(url).values())
+    memory, proportional, measured = [peak_mb(pid) for pid in pids], [proportional_mb(pid) for pid in pids], measure()
     for i, page in enumerate(pages):
         if i not in drawn: print(f'  a page that drew none shows: {page.inner_text("body")[:300]!r}', flush=True)
     for page, context in zip(pages, contexts):
@@ -151,7 +151,7 @@ def main() -> None:
                           f'p95 {np.percentile(drawn, 95):.1f} s, slowest {max(drawn):.1f} s; '
                           f'{sum(not np.isfinite(t) for t in times)} drew none within {args.limit:.0f} s; '
                           f'{len(memory)} kernels, '
-                          f'{np.median(memory):.0f} MB each at their peak (median; max {max(memory):.0f} MB), '
+                          f'{np.nanmedian(memory):.0f} MB each at their peak (median; max {np.nanmax(memory):.0f} MB), '
                           f'{np.nanmedian(proportional):.0f} MB proportional (median); '
                           f'{watched.queries - alone.queries:.1f} store queries/s added '
                           f'({alone.queries:.1f} with no page open); following, each page adds '

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import math
 import os
 import re
 import socket
@@ -132,13 +133,16 @@ def kernel_processes(url: str) -> dict[str, int]:
     return found
 
 
+def peak_mb(pid: int) -> float:
+    "A process's peak resident memory in MB (VmHWM); NaN for one that ended (a zombie has no VmHWM)."
+    try: return int(re.search(r'VmHWM:\s+(\d+)', Path(f'/proc/{pid}/status').read_text())[1]) / 1024
+    except (OSError, TypeError): return float('nan')
+
+
 def kernels(url: str) -> dict[str, float]:
     "The kernels of the `fastwatch serve` at `url`: {kernel id: peak resident memory in MB (VmHWM)}."
-    found = {}
-    for kernel_id, pid in kernel_processes(url).items():
-        try: found[kernel_id] = int(re.search(r'VmHWM:\s+(\d+)', Path(f'/proc/{pid}/status').read_text())[1]) / 1024
-        except (OSError, TypeError): continue  # a process that ended meanwhile (a zombie has no VmHWM)
-    return found
+    peaks = {kernel_id: peak_mb(pid) for kernel_id, pid in kernel_processes(url).items()}
+    return {kernel_id: peak for kernel_id, peak in peaks.items() if not math.isnan(peak)}  # ended ones left out
 
 
 def page_kernel(page) -> str:
